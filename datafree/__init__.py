@@ -1,0 +1,1 @@
+"""Data-free knowledge distillation: models, synthesizers and training machinery."""

@@ -1,0 +1,97 @@
+"""Checkpoint files: atomic writes, safe loads, and one-sentence errors for bad files.
+
+A training checkpoint is ``{'state_dict', 'epoch', 'best_acc1', 'optimizer', 'scheduler',
+'arch', 'num_classes', ...}`` (the original release's format plus a few keys); a teacher
+file only needs ``state_dict``. Everything is loaded with ``weights_only=True``.
+"""
+import os
+import pickle
+import shutil
+import zipfile
+
+import torch
+
+from datafree.errors import CheckpointError
+
+
+def atomic_save(obj, path):
+    """Write ``obj`` to ``path`` through a temporary file, so a kill never leaves half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_copy(src, dst):
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    tmp = f"{dst}.tmp{os.getpid()}"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def save_checkpoint(state, run_dir, is_best):
+    """Write ``run_dir/last.pth``; copy it to ``run_dir/best.pth`` when ``is_best``."""
+    last = os.path.join(run_dir, "last.pth")
+    atomic_save(state, last)
+    if is_best:
+        atomic_copy(last, os.path.join(run_dir, "best.pth"))
+    return last
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint dict (tensors and plain containers only)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}); "
+            f"it may be truncated or corrupt: download or create it again") from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return ckpt
+
+
+def extract_state_dict(ckpt):
+    """The model weights of a checkpoint (or of a bare state dict), without DDP prefixes."""
+    state = ckpt.get("state_dict", ckpt)
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def mismatch_reason(model, state, arch=None, ckpt_arch=None):
+    """Why ``state`` does not fit ``model`` in one phrase, or None if it fits exactly."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or reshaped):
+        return None
+    if not (missing or unexpected):
+        classifier = _classifier_keys(model)
+        if set(reshaped) <= classifier:
+            weight = next(k for k in classifier if k.endswith("weight"))
+            return (f"it holds a {state[weight].shape[0]}-class classifier but the model has "
+                    f"{expected[weight].shape[0]} classes")
+    saved_as = f" (saved from '{ckpt_arch}')" if ckpt_arch else ""
+    example = (missing or unexpected or reshaped)[0]
+    return (f"it is another architecture{saved_as}: {len(missing)} missing, {len(unexpected)} "
+            f"unexpected and {len(reshaped)} reshaped tensors, e.g. '{example}'")
+
+
+def _classifier_keys(model):
+    last_linear = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    return {f"{last_linear}.weight", f"{last_linear}.bias"}
+
+
+def load_weights(model, path, arch, map_location="cpu"):
+    """Load model weights from ``path`` into ``model`` (registered as ``arch``); return the checkpoint."""
+    ckpt = load_checkpoint(path, map_location)
+    state = extract_state_dict(ckpt)
+    reason = mismatch_reason(model, state, arch, ckpt.get("arch"))
+    if reason:
+        raise CheckpointError(f"{path} does not fit model '{arch}': {reason}")
+    model.load_state_dict(state)
+    return ckpt

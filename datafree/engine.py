@@ -1,0 +1,119 @@
+"""Training and evaluation loops shared by train_scratch.py, vanilla_kd.py and datafree_kd.py.
+
+``train_one_epoch`` and ``evaluate`` know nothing of the command line; ``fit`` runs the
+epoch loop with evaluation, checkpointing (``last`` every epoch, ``best`` when improved),
+resume and logging.
+"""
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from datafree.checkpoint import load_weights, save_checkpoint
+from datafree.errors import CheckpointError
+from datafree.utils.misc import rng_state, set_rng_state
+
+
+def topk_correct(logits, targets, topk=(1, 5)):
+    """Number of samples whose target is among the top-k logits, for each k."""
+    maxk = min(max(topk), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices
+    hits = pred.eq(targets.view(-1, 1))
+    return [hits[:, :min(k, maxk)].any(dim=1).sum().item() for k in topk]
+
+
+@torch.no_grad()
+def evaluate(model, loader, device):
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader``."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = loss_sum = count = 0
+    for images, targets in loader:
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        logits = model(images)
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        c1, c5 = topk_correct(logits, targets)
+        correct1, correct5, count = correct1 + c1, correct5 + c5, count + targets.numel()
+    model.train(was_training)
+    return {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count, "loss": loss_sum / count}
+
+
+def train_one_epoch(model, loader, optimizer, device, loss_fn, epoch=0, logger=None, print_freq=0):
+    """One pass over ``loader``. ``loss_fn(images, targets) -> (loss, logits)``.
+
+    Returns the mean loss and the top-1 training accuracy (%) against the loader's labels
+    (meaningless for unlabeled transfer sets, whose labels are -1).
+    """
+    model.train()
+    loss_sum = correct = count = 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+    for step, (images, targets) in enumerate(bar):
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        loss, logits = loss_fn(images, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        n = images.shape[0]
+        loss_sum += loss.item() * n
+        correct += (logits.argmax(1) == targets).sum().item()
+        count += n
+        bar.set_postfix(loss=f"{loss_sum / count:.4f}")
+        if logger is not None and print_freq > 0 and step % print_freq == 0:
+            logger.info(f"[Train] epoch={epoch} iter={step}/{len(loader)} loss={loss_sum / count:.4f}")
+    return {"loss": loss_sum / max(count, 1), "acc1": 100.0 * correct / max(count, 1)}
+
+
+def resume_training(path, model, arch, optimizer, scheduler, device):
+    """Restore model, optimiser, scheduler and random state; return the checkpoint dict."""
+    ckpt = load_weights(model, path, arch, map_location=device)
+    if "optimizer" not in ckpt or "scheduler" not in ckpt:
+        raise CheckpointError(f"{path} holds weights only, not a training state; "
+                              f"resume from a run's last.pth")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if "rng" in ckpt:
+        set_rng_state({k: (v.cpu() if torch.is_tensor(v) else
+                           [t.cpu() for t in v] if isinstance(v, list) else v)
+                       for k, v in ckpt["rng"].items()})
+    return ckpt
+
+
+def fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device, *, epochs, run_dir,
+        logger, start_epoch=0, best_acc1=0.0, checkpoint_extra=None, on_best=None, print_freq=0):
+    """Train from ``start_epoch`` to ``epochs``; evaluate, log and checkpoint after each epoch.
+
+    ``checkpoint_extra`` is merged into every checkpoint (arch, num_classes, args, ...);
+    ``on_best(state)`` is called with the checkpoint whenever ``best.pth`` is rewritten.
+    Returns the best top-1 accuracy (%).
+    """
+    for epoch in range(start_epoch, epochs):
+        tic = time.perf_counter()
+        train_stats = train_one_epoch(model, train_loader, optimizer, device, loss_fn, epoch,
+                                      logger, print_freq)
+        val_stats = evaluate(model, val_loader, device)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        is_best = val_stats["acc1"] > best_acc1
+        best_acc1 = max(best_acc1, val_stats["acc1"])
+        seconds = time.perf_counter() - tic
+        logger.info(f"[Eval] epoch={epoch} acc@1={val_stats['acc1']:.2f} acc@5={val_stats['acc5']:.2f} "
+                    f"loss={val_stats['loss']:.4f} train_loss={train_stats['loss']:.4f} lr={lr:.4g} "
+                    f"best={best_acc1:.2f} time={seconds:.1f}s")
+        logger.scalars({"acc1": val_stats["acc1"], "acc5": val_stats["acc5"], "loss": val_stats["loss"]},
+                       epoch, prefix="val/")
+        logger.scalars({"loss": train_stats["loss"], "lr": lr, "epoch_seconds": seconds}, epoch, prefix="train/")
+        state = {
+            "state_dict": model.state_dict(),
+            "epoch": epoch + 1,
+            "best_acc1": float(best_acc1),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            **(checkpoint_extra or {}),
+        }
+        save_checkpoint(state, run_dir, is_best)
+        if is_best and on_best is not None:
+            on_best(state)
+    return best_acc1

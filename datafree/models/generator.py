@@ -1,0 +1,74 @@
+"""Image generators for model inversion.
+
+``Generator`` maps a latent vector to a 32x32-style image in [0, 1] (sigmoid output);
+``DeepGenerator`` maps a spatial latent (nz x H/16 x W/16) to a 224x224-style image.
+"""
+import copy
+
+import torch.nn as nn
+
+
+class Generator(nn.Module):
+    """Linear projection to (2*ngf, s/4, s/4), then two upsampling conv blocks.
+
+    z: (N, nz) -> image: (N, nc, img_size, img_size)
+    """
+
+    def __init__(self, nz=100, ngf=64, img_size=32, nc=3):
+        super().__init__()
+        self.nz, self.ngf, self.img_size, self.nc = nz, ngf, img_size, nc
+        self.init_size = img_size // 4
+        self.l1 = nn.Sequential(nn.Linear(nz, ngf * 2 * self.init_size ** 2))
+        self.conv_blocks = nn.Sequential(
+            nn.BatchNorm2d(ngf * 2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(ngf * 2, ngf * 2, 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(ngf * 2),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(ngf * 2, ngf, 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(ngf),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ngf, nc, 3, stride=1, padding=1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, z):
+        out = self.l1(z).view(z.shape[0], -1, self.init_size, self.init_size)
+        return self.conv_blocks(out)
+
+    def clone(self):
+        """An independent copy on the same device (the fast generator G' of Fast DFKD)."""
+        return copy.deepcopy(self)
+
+
+class DeepGenerator(nn.Module):
+    """Fully convolutional generator for 224x224 images from a spatial latent.
+
+    z: (N, nz, img_size/16, img_size/16) -> four 2x upsamplings -> image: (N, nc, img_size, img_size)
+    """
+
+    def __init__(self, nz=100, ngf=64, img_size=224, nc=3):
+        super().__init__()
+        self.nz, self.ngf, self.img_size, self.nc = nz, ngf, img_size, nc
+        self.init_size = img_size // 16
+
+        def up_block(c_in, c_out):
+            return [nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False),
+                    nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True)]
+
+        self.conv_blocks = nn.Sequential(
+            nn.Conv2d(nz, 2 * ngf, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * ngf), nn.LeakyReLU(0.2, inplace=True),
+            *up_block(2 * ngf, 2 * ngf),
+            *up_block(2 * ngf, ngf),
+            *up_block(ngf, ngf),
+            *up_block(ngf, ngf),
+            nn.Conv2d(ngf, nc, 3, 1, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, z):
+        return self.conv_blocks(z)
+
+    def clone(self):
+        return copy.deepcopy(self)

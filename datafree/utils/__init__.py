@@ -1,0 +1,1 @@
+"""Small helpers shared by the entry scripts: registries, logging, seeding, devices."""

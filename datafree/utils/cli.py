@@ -1,0 +1,147 @@
+"""Command-line pieces shared by the entry scripts: flags, run folders, loaders, error exit."""
+import os
+import sys
+
+import torch
+
+from datafree.checkpoint import load_weights
+from datafree.engine import evaluate, fit, resume_training
+from datafree.errors import CheckpointError, UsageError
+from datafree.utils.logger import RunLogger
+
+
+def add_data_args(parser, dataset_choices, default_dataset="digits"):
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default=default_dataset, choices=dataset_choices,
+                       help="registered dataset (default: %(default)s, offline)")
+    group.add_argument("--data_root", default="data", help="root folder of the datasets (default: %(default)s)")
+    group.add_argument("--download", action="store_true",
+                       help="let torchvision download the dataset into --data_root if it is missing")
+    group.add_argument("-j", "--workers", default=0, type=int,
+                       help="data-loading worker processes (default: %(default)s, load in the main process)")
+    return group
+
+
+def add_optim_args(parser, lr, epochs, batch_size):
+    group = parser.add_argument_group("optimisation (SGD with a cosine schedule)")
+    group.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", default=batch_size, type=int,
+                       help="mini-batch size (default: %(default)s)")
+    group.add_argument("--lr", "--learning-rate", dest="lr", default=lr, type=float,
+                       help="initial learning rate (default: %(default)s)")
+    group.add_argument("--epochs", "--epoch", dest="epochs", default=epochs, type=int,
+                       help="number of epochs (default: %(default)s)")
+    group.add_argument("--momentum", default=0.9, type=float, help="SGD momentum (default: %(default)s)")
+    group.add_argument("--wd", "--weight_decay", "--weight-decay", dest="weight_decay", default=1e-4, type=float,
+                       help="weight decay (default: %(default)s)")
+    return group
+
+
+def add_run_args(parser):
+    group = parser.add_argument_group("run")
+    group.add_argument("--output", default=None,
+                       help="run folder for log.txt, tb/, last.pth and best.pth (default: see above)")
+    group.add_argument("--resume", nargs="?", const="auto", default="", metavar="PATH",
+                       help="continue a run: from PATH, or from OUTPUT/last.pth when no PATH is given")
+    group.add_argument("--evaluate_only", action="store_true",
+                       help="only evaluate the checkpoint given with --resume and exit")
+    group.add_argument("--start_epoch", default=None, type=int,
+                       help="override the epoch to start from (default: 0, or the checkpoint's epoch)")
+    group.add_argument("--gpu", default=None, type=int,
+                       help="GPU index; -1 for the CPU (default: the first GPU if any, else the CPU)")
+    group.add_argument("--seed", default=0, type=int, help="random seed (default: %(default)s)")
+    group.add_argument("-p", "--print_freq", "--print-freq", dest="print_freq", default=0, type=int,
+                       help="log the training loss every N iterations (default: 0, once per epoch)")
+    group.add_argument("--log_tag", default="", help="suffix for the default run folder name")
+    return group
+
+
+def resolve_resume(args):
+    """Check the run folder against --resume; return the checkpoint to resume from, or None.
+
+    A folder that already holds a run is never overwritten: the user must pass --resume
+    or choose another --output.
+    """
+    last = os.path.join(args.output, "last.pth")
+    if not args.resume:
+        if args.evaluate_only:
+            raise UsageError("--evaluate_only needs a checkpoint: pass --resume PATH")
+        if os.path.exists(last):
+            raise UsageError(f"{args.output} already holds a run; pass --resume to continue it, "
+                             f"or choose another --output")
+        return None
+    path = last if args.resume == "auto" else args.resume
+    if not os.path.isfile(path):
+        raise CheckpointError(f"there is no checkpoint to resume at {path}; check --resume/--output")
+    return path
+
+
+def make_loaders(train_set, val_set, batch_size, workers, device, drop_last=False):
+    pin = device.type == "cuda"
+    common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                                               drop_last=drop_last, **common)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(batch_size, 256), shuffle=False, **common)
+    return train_loader, val_loader
+
+
+def default_teacher_ckpt(dataset, teacher):
+    return os.path.join("checkpoints", "pretrained", f"{dataset}_{teacher}.pth")
+
+
+def load_teacher(model, path, dataset, arch, device):
+    """Load a teacher's weights, or stop with a sentence that says how to get the checkpoint."""
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"teacher checkpoint {path} not found; download the original release's teachers into "
+            f"checkpoints/pretrained/ (see README), or train one with: python train_scratch.py "
+            f"--model {arch} --dataset {dataset}")
+    load_weights(model, path, arch)
+    return model.to(device).eval()
+
+
+def run_cli(main, argv=None):
+    """Run ``main(argv)``; print a user error as one line and exit with status 2."""
+    try:
+        return main(argv)
+    except UsageError as err:
+        print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_path, *,
+                 run_name, checkpoint_extra, on_best=None):
+    """The epoch loop of train_scratch.py and vanilla_kd.py: SGD, cosine schedule, resume, fit.
+
+    With ``--evaluate_only`` the checkpoint is evaluated and nothing is written.
+    Returns a dict with ``best_acc1`` (training) or the evaluation metrics.
+    """
+    arch = checkpoint_extra["arch"]
+    if args.evaluate_only:
+        load_weights(model, resume_path, arch, map_location=device)
+        stats = evaluate(model, val_loader, device)
+        print(f"[Eval] {resume_path}: acc@1={stats['acc1']:.2f} acc@5={stats['acc5']:.2f} loss={stats['loss']:.4f}")
+        return stats
+
+    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    start_epoch, best_acc1 = 0, 0.0
+    if resume_path:
+        ckpt = resume_training(resume_path, model, arch, optimizer, scheduler, device)
+        start_epoch, best_acc1 = ckpt["epoch"], ckpt["best_acc1"]
+    if args.start_epoch is not None:
+        start_epoch = args.start_epoch
+
+    logger = RunLogger(args.output, run_name)
+    try:
+        logger.args(args)
+        if resume_path:
+            logger.info(f"resumed from {resume_path} at epoch {start_epoch} (best acc@1 {best_acc1:.2f})")
+        best_acc1 = fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device,
+                        epochs=args.epochs, run_dir=args.output, logger=logger, start_epoch=start_epoch,
+                        best_acc1=best_acc1, checkpoint_extra=checkpoint_extra, on_best=on_best,
+                        print_freq=args.print_freq)
+        logger.info(f"Best acc@1: {best_acc1:.2f}  (run folder: {args.output})")
+    finally:
+        logger.close()
+    return {"best_acc1": best_acc1}

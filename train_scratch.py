@@ -1,0 +1,75 @@
+"""Supervised training of any registered model on any registered dataset (a teacher, or a
+from-scratch student baseline).
+
+The best model is also written as the teacher file that vanilla_kd.py and datafree_kd.py
+load by default: checkpoints/pretrained/{dataset}_{model}.pth.
+
+    python train_scratch.py --model wrn16_2 --dataset digits --epochs 30 --lr 0.05 --batch-size 64
+"""
+import argparse
+import os
+import sys
+
+import torch.nn.functional as F
+
+import registry
+from datafree.checkpoint import atomic_save
+from datafree.errors import UsageError
+from datafree.utils.cli import (add_data_args, add_optim_args, add_run_args, default_teacher_ckpt,
+                                make_loaders, resolve_resume, run_cli, run_training)
+from datafree.utils.misc import select_device, set_seed
+
+TEACHER_KEYS = ("state_dict", "arch", "num_classes", "dataset", "epoch", "best_acc1")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="wrn16_2", choices=registry.model_names(),
+                        help="registered model to train (default: %(default)s)")
+    add_data_args(parser, registry.dataset_names())
+    add_optim_args(parser, lr=0.1, epochs=200, batch_size=128)
+    add_run_args(parser)
+    teacher = parser.add_argument_group("teacher file")
+    teacher.add_argument("--save_teacher", default=None, metavar="PATH",
+                         help="where the best model is written as a teacher "
+                              "(default: checkpoints/pretrained/{dataset}_{model}.pth)")
+    teacher.add_argument("--overwrite_teacher", action="store_true",
+                         help="replace an existing teacher file at --save_teacher")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    args.output = args.output or os.path.join(
+        "checkpoints", "scratch", f"{args.dataset}_{args.model}{'-' + args.log_tag if args.log_tag else ''}")
+    args.save_teacher = args.save_teacher or default_teacher_ckpt(args.dataset, args.model)
+    device = select_device(args.gpu)
+    set_seed(args.seed)
+
+    resume_path = resolve_resume(args)
+    if (not resume_path and not args.overwrite_teacher and os.path.exists(args.save_teacher)):
+        raise UsageError(f"{args.save_teacher} already exists and would be replaced by this run; "
+                         f"pass --overwrite_teacher, or --save_teacher PATH to write elsewhere")
+
+    num_classes, train_set, val_set = registry.get_dataset(args.dataset, args.data_root, args.download)
+    model = registry.get_model(args.model, num_classes).to(device)
+    train_loader, val_loader = make_loaders(train_set, val_set, args.batch_size, args.workers, device)
+
+    def loss_fn(images, targets):
+        logits = model(images)
+        return F.cross_entropy(logits, targets), logits
+
+    def publish_teacher(state):
+        atomic_save({k: state[k] for k in TEACHER_KEYS}, args.save_teacher)
+
+    extra = {"arch": args.model, "num_classes": num_classes, "dataset": args.dataset, "args": vars(args).copy()}
+    result = run_training(args, model, train_loader, val_loader, loss_fn, device, resume_path,
+                          run_name="scratch", checkpoint_extra=extra, on_best=publish_teacher)
+    if not args.evaluate_only:
+        print(f"teacher file: {args.save_teacher}")
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
