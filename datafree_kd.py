@@ -1,16 +1,275 @@
-"""Data-free knowledge distillation (Fast DFKD and its baselines).
+"""Data-free knowledge distillation: every method, one command.
 
-Not implemented yet: the synthesizers and this entry script arrive with the next issue.
-Until then, train teachers with train_scratch.py and distil with real data with vanilla_kd.py.
+Each epoch runs ep_steps // kd_steps rounds of (one synthesis call -> kd_steps KD steps on
+synthetic batches), with no KD during the first --warmup epochs; then the student is
+evaluated and checkpointed. The end of the run reports the best top-1 accuracy and the
+synthesis cost in hours, as the paper does, beside the total wall time.
+
+    python datafree_kd.py --config configs/digits/fast_meta_5.yaml
+    python datafree_kd.py --method fast_meta --dataset cifar10 --teacher wrn40_2 --student wrn16_1 \\
+        --batch_size 256 --lr 0.2 --kd_steps 400 --ep_steps 400 --adv 1.1 --bn 10.0 --oh 0.4 --T 20 \\
+        --bn_mmt 0.9 --warmup 20 --epochs 220 --g_steps 5 --lr_z 0.01 --lr_g 3e-3 --is_maml 1 --reset_l0 1
 """
+import argparse
+import os
 import sys
+import time
+from types import SimpleNamespace
+
+import torch
+import yaml
+from torchvision.utils import make_grid, save_image
+
+import registry
+from datafree.checkpoint import load_weights, save_checkpoint
+from datafree.engine import distill_steps, evaluate
+from datafree.errors import CheckpointError, UsageError
+from datafree.precision import Precision
+from datafree.synthesis import SYNTHESIZERS
+from datafree.utils.cli import default_teacher_ckpt, load_teacher, resolve_resume, run_cli
+from datafree.utils.logger import RunLogger
+from datafree.utils.misc import rng_state, select_device, set_rng_state, set_seed
+
+# Flags that belong to particular methods; setting one away from its default for a method
+# that ignores it is an error.
+METHOD_FLAGS = ("adv", "bn", "oh", "act", "balance", "cr", "cr_T", "cmi_init", "lr_g", "lr_z",
+                "g_steps", "reset_l0", "reset_bn", "bn_mmt", "is_maml")
 
 
-def main():
-    print("datafree_kd.py: the data-free methods are not implemented yet; "
-          "use train_scratch.py and vanilla_kd.py meanwhile (see README).", file=sys.stderr)
-    return 2
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    method = parser.add_argument_group("data-free method")
+    method.add_argument("--method", default=None, choices=sorted(SYNTHESIZERS),
+                        help="synthesizer (required, here or in --config)")
+    method.add_argument("--adv", default=0.0, type=float, help="weight of the adversarial term")
+    method.add_argument("--bn", default=0.0, type=float, help="weight of the BN-statistics term")
+    method.add_argument("--oh", default=0.0, type=float, help="weight of the one-hot (cross-entropy) term")
+    method.add_argument("--act", default=0.0, type=float, help="weight of DAFL's activation term")
+    method.add_argument("--balance", default=0.0, type=float, help="weight of the class-balance term")
+    method.add_argument("--cr", default=1.0, type=float, help="weight of CMI's contrastive term")
+    method.add_argument("--cr_T", default=0.5, type=float, help="temperature of CMI's contrastive term")
+    method.add_argument("--cmi_init", default=None, help="folder of pre-inverted images added to the pool")
+
+    synth = parser.add_argument_group("synthesis")
+    synth.add_argument("--lr_g", default=1e-3, type=float, help="learning rate of the generator")
+    synth.add_argument("--lr_z", default=1e-3, type=float, help="learning rate of the latent code")
+    synth.add_argument("--g_steps", default=1, type=int, help="synthesis steps per call (k of Fast-k)")
+    synth.add_argument("--reset_l0", default=0, type=int,
+                       help="re-initialise the generator's first layers once, 120 calls after warmup")
+    synth.add_argument("--reset_bn", default=0, type=int,
+                       help="also re-initialise the generator's BN affine parameters then")
+    synth.add_argument("--bn_mmt", default=0.0, type=float, help="momentum of the BN statistics (0: off)")
+    synth.add_argument("--is_maml", default=1, type=int, help="meta-gradient: 1 first-order MAML, 0 Reptile")
+    synth.add_argument("--synthesis_batch_size", default=None, type=int,
+                       help="images per synthesis call (default: --batch_size)")
+    synth.add_argument("--save_dir", default="run/synthesis", help="folder for --save_pool")
+    synth.add_argument("--save_pool", action="store_true",
+                       help="write the synthetic pool as PNG files into --save_dir at the end")
+
+    kd = parser.add_argument_group("distillation")
+    kd.add_argument("--teacher", default="wrn40_2", choices=registry.model_names())
+    kd.add_argument("--student", default="wrn16_1", choices=registry.model_names())
+    kd.add_argument("--teacher_ckpt", default=None,
+                    help="teacher checkpoint (default: checkpoints/pretrained/{dataset}_{teacher}.pth)")
+    kd.add_argument("--dataset", default="cifar100", choices=registry.dataset_names(),
+                    help="task whose test split evaluates the student (its training data is not used)")
+    kd.add_argument("--data_root", default="./data")
+    kd.add_argument("--download", action="store_true", help="let torchvision download the test data")
+    kd.add_argument("--lr", default=0.1, type=float, help="student learning rate (cosine to 2e-4)")
+    kd.add_argument("--T", default=1.0, type=float, help="KD temperature")
+    kd.add_argument("--epochs", default=200, type=int)
+    kd.add_argument("--kd_steps", default=400, type=int, help="KD steps after each synthesis call")
+    kd.add_argument("--ep_steps", default=400, type=int, help="KD steps per epoch")
+    kd.add_argument("--warmup", default=0, type=int, help="epochs of synthesis only, before KD starts")
+    kd.add_argument("--batch_size", "--batch-size", "-b", dest="batch_size", default=128, type=int,
+                    help="KD batch size")
+    kd.add_argument("--momentum", default=0.9, type=float)
+    kd.add_argument("--wd", "--weight_decay", dest="weight_decay", default=1e-4, type=float)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", default=None, help="YAML file of flag values; command-line flags override it")
+    run.add_argument("--output", default=None,
+                     help="run folder (default: checkpoints/datafree-{method}/{dataset}-{teacher}-{student}[-tag])")
+    run.add_argument("--resume", nargs="?", const="auto", default="", metavar="PATH",
+                     help="continue from PATH, or from OUTPUT/last.pth when no PATH is given")
+    run.add_argument("--evaluate_only", action="store_true", help="evaluate the --resume checkpoint and exit")
+    run.add_argument("--start_epoch", default=None, type=int, help="override the epoch to start from")
+    run.add_argument("--gpu", default=None, type=int, help="GPU index; -1 for the CPU (default: GPU 0 if any)")
+    run.add_argument("--fp16", action="store_true",
+                     help="mixed precision: float16 + gradient scaling on CUDA, bfloat16 on the CPU")
+    run.add_argument("--seed", default=0, type=int)
+    run.add_argument("--log_tag", default="")
+    run.add_argument("-j", "--workers", default=0, type=int, help="loader workers for the test set")
+    run.add_argument("-p", "--print_freq", default=0, type=int, help="unused; kept for the original's commands")
+    return parser
+
+
+def parse_args(argv=None):
+    """Parse flags; values from --config become defaults that the command line overrides."""
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        if not os.path.isfile(known.config):
+            raise UsageError(f"config file {known.config} does not exist")
+        with open(known.config) as f:
+            values = yaml.safe_load(f) or {}
+        valid = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise UsageError(f"{known.config}: unknown keys {', '.join(unknown)}; keys are flag names without '--'")
+        parser.set_defaults(**values)
+    args = parser.parse_args(argv)
+    check_args(args, parser)
+    return args
+
+
+def check_args(args, parser):
+    if args.method is None:
+        raise UsageError(f"--method is required; choose one of: {', '.join(sorted(SYNTHESIZERS))}")
+    if args.method not in SYNTHESIZERS:
+        raise UsageError(f"unknown method '{args.method}'; choose one of: {', '.join(sorted(SYNTHESIZERS))}")
+    used = SYNTHESIZERS[args.method].flags
+    for flag in METHOD_FLAGS:
+        if flag not in used and getattr(args, flag) != parser.get_default(flag):
+            users = sorted(name for name, cls in SYNTHESIZERS.items() if flag in cls.flags)
+            where = f"it applies to: {', '.join(users)}" if users else "no registered method uses it yet"
+            raise UsageError(f"--{flag} is not used by method '{args.method}' ({where}); drop it")
+    if args.kd_steps <= 0 or args.ep_steps < args.kd_steps:
+        raise UsageError(f"--kd_steps ({args.kd_steps}) must be positive and at most --ep_steps ({args.ep_steps})")
+    if not 0 <= args.warmup < args.epochs:
+        raise UsageError(f"--warmup ({args.warmup}) must be at least 0 and below --epochs ({args.epochs})")
+
+
+def synthesizer_config(args, num_classes, image_shape):
+    return SimpleNamespace(**vars(args), num_classes=num_classes, nc=image_shape[0], img_size=image_shape[-1],
+                           **registry.NORMALIZE_DICT[args.dataset])
+
+
+def now(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tag = f"-{args.log_tag}" if args.log_tag else ""
+    args.output = args.output or os.path.join("checkpoints", f"datafree-{args.method}",
+                                              f"{args.dataset}-{args.teacher}-{args.student}{tag}")
+    args.teacher_ckpt = args.teacher_ckpt or default_teacher_ckpt(args.dataset, args.teacher)
+    device = select_device(args.gpu)
+    set_seed(args.seed)
+    resume_path = resolve_resume(args)
+
+    num_classes, _, val_set = registry.get_dataset(args.dataset, args.data_root, args.download)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(args.batch_size, 256), shuffle=False,
+                                             num_workers=args.workers, pin_memory=device.type == "cuda")
+    student = registry.get_model(args.student, num_classes).to(device)
+    if args.evaluate_only:
+        load_weights(student, resume_path, args.student, map_location=device)
+        stats = evaluate(student, val_loader, device)
+        print(f"[Eval] {resume_path}: acc@1={stats['acc1']:.2f} acc@5={stats['acc5']:.2f} loss={stats['loss']:.4f}")
+        return stats
+    teacher = load_teacher(registry.get_model(args.teacher, num_classes), args.teacher_ckpt,
+                           args.dataset, args.teacher, device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    config = synthesizer_config(args, num_classes, tuple(val_set[0][0].shape))
+    synthesizer = SYNTHESIZERS[args.method](teacher, student, config, device)
+    optimizer = torch.optim.SGD(student.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs - args.warmup, eta_min=2e-4)
+    precision = Precision(device, args.fp16)
+
+    run = {"epoch": 0, "best_acc1": 0.0, "synthesis_seconds": 0.0, "kd_seconds": 0.0, "wall_seconds": 0.0}
+    if resume_path:
+        ckpt = load_weights(student, resume_path, args.student, map_location=device)
+        if "synthesizer" not in ckpt:
+            raise CheckpointError(f"{resume_path} is not a datafree_kd.py run checkpoint; resume from its last.pth")
+        if ckpt.get("method") != args.method:
+            raise CheckpointError(f"{resume_path} was written by method '{ckpt.get('method')}', not '{args.method}'")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        synthesizer.load_state_dict(ckpt["synthesizer"])
+        precision.load_state_dict(ckpt.get("precision"))
+        run.update({k: ckpt[k] for k in run})
+        set_rng_state(ckpt["rng"])
+    if args.start_epoch is not None:
+        run["epoch"] = args.start_epoch
+
+    logger = RunLogger(args.output, f"datafree-{args.method}")
+    try:
+        logger.args(args)
+        if resume_path:
+            logger.info(f"resumed from {resume_path} at epoch {run['epoch']} (best acc@1 {run['best_acc1']:.2f})")
+        train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger)
+        hours = run["synthesis_seconds"] / 3600
+        logger.info(f"Best acc@1: {run['best_acc1']:.2f}  synthesis cost: {hours:.4f} h "
+                    f"({run['synthesis_seconds']:.1f} s)  KD: {run['kd_seconds']:.1f} s  "
+                    f"total wall: {run['wall_seconds']:.1f} s  (run folder: {args.output})")
+        if args.save_pool and hasattr(synthesizer, "pool"):
+            synthesizer.pool.save_png(args.save_dir)
+            logger.info(f"wrote {len(synthesizer.pool)} pool images to {args.save_dir}")
+    finally:
+        logger.close()
+    return dict(run)
+
+
+def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger):
+    rounds = args.ep_steps // args.kd_steps
+    sampling_is_synthesis = getattr(synthesizer, "sampling_is_synthesis", False)
+    for epoch in range(run["epoch"], args.epochs):
+        epoch_start = now(device)
+        phase = dict.fromkeys(("synthesis", "kd", "eval", "output"), 0.0)
+        kd_loss, syn_out = float("nan"), None
+        for _ in range(rounds):
+            tic = now(device)
+            syn_out = synthesizer.synthesize()
+            phase["synthesis"] += now(device) - tic
+            if epoch >= args.warmup:
+                tic = now(device)
+                kd_loss, sample_seconds = distill_steps(synthesizer, student, teacher, optimizer, precision,
+                                                        args.kd_steps, args.T)
+                kd_seconds = now(device) - tic
+                moved = sample_seconds if sampling_is_synthesis else 0.0
+                phase["synthesis"] += moved
+                phase["kd"] += kd_seconds - moved
+
+        tic = now(device)
+        stats = evaluate(student, val_loader, device)
+        phase["eval"] = now(device) - tic
+        lr = optimizer.param_groups[0]["lr"]
+        if epoch >= args.warmup:
+            scheduler.step()
+
+        tic = now(device)
+        is_best = stats["acc1"] > run["best_acc1"]
+        run["best_acc1"] = max(run["best_acc1"], stats["acc1"])
+        run["synthesis_seconds"] += phase["synthesis"]
+        run["kd_seconds"] += phase["kd"]
+        run["epoch"] = epoch + 1
+        grid = make_grid(syn_out["images"][:64].float().cpu(), nrow=8)
+        save_image(grid, os.path.join(args.output, "synthetic.png"))
+        logger.writer.add_image("synthetic", grid, epoch)
+        losses = {k: v for k, v in syn_out.items() if k.startswith("loss")}
+        logger.scalars({"acc1": stats["acc1"], "acc5": stats["acc5"], "loss": stats["loss"]}, epoch, "val/")
+        logger.scalars({"kd_loss": kd_loss, "lr": lr, **{f"{k}_seconds": v for k, v in phase.items()}},
+                       epoch, "train/")
+        logger.scalars(losses, epoch, "synthesis/")
+        run["wall_seconds"] += now(device) - epoch_start
+        state = {"state_dict": student.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "synthesizer": synthesizer.state_dict(),
+                 "precision": precision.state_dict(), "rng": rng_state(), "arch": args.student,
+                 "num_classes": synthesizer.config.num_classes, "dataset": args.dataset, "teacher": args.teacher,
+                 "method": args.method, "args": {k: v for k, v in vars(args).items()}, **run}
+        save_checkpoint(state, args.output, is_best)
+        phase["output"] = now(device) - tic
+        logger.info(
+            f"[Eval] epoch={epoch} acc@1={stats['acc1']:.2f} acc@5={stats['acc5']:.2f} loss={stats['loss']:.4f} "
+            f"best={run['best_acc1']:.2f} lr={lr:.4g} kd_loss={kd_loss:.4f} "
+            + " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+            + " | seconds: " + " ".join(f"{k}={v:.2f}" for k, v in phase.items()))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main, sys.argv[1:])

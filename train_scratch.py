@@ -1,8 +1,8 @@
 """Supervised training of any registered model on any registered dataset (a teacher, or a
 from-scratch student baseline).
 
-The best model is also written as the teacher file that vanilla_kd.py and datafree_kd.py
-load by default: checkpoints/pretrained/{dataset}_{model}.pth.
+When training ends, the best model is also written as the teacher file that vanilla_kd.py
+and datafree_kd.py load by default: checkpoints/pretrained/{dataset}_{model}.pth.
 
     python train_scratch.py --model wrn16_2 --dataset digits --epochs 30 --lr 0.05 --batch-size 64
 """
@@ -13,7 +13,7 @@ import sys
 import torch.nn.functional as F
 
 import registry
-from datafree.checkpoint import atomic_save
+from datafree.checkpoint import atomic_save, load_checkpoint
 from datafree.errors import UsageError
 from datafree.utils.cli import (add_data_args, add_optim_args, add_run_args, default_teacher_ckpt,
                                 make_loaders, resolve_resume, run_cli, run_training)
@@ -60,14 +60,14 @@ def main(argv=None):
         logits = model(images)
         return F.cross_entropy(logits, targets), logits
 
-    def publish_teacher(state):
-        atomic_save({k: state[k] for k in TEACHER_KEYS}, args.save_teacher)
-
     extra = {"arch": args.model, "num_classes": num_classes, "dataset": args.dataset, "args": vars(args).copy()}
     result = run_training(args, model, train_loader, val_loader, loss_fn, device, resume_path,
-                          run_name="scratch", checkpoint_extra=extra, on_best=publish_teacher)
+                          run_name="scratch", checkpoint_extra=extra)
     if not args.evaluate_only:
-        print(f"teacher file: {args.save_teacher}")
+        # Published only once training is complete, so the file never holds a half-trained teacher.
+        best = load_checkpoint(os.path.join(args.output, "best.pth"))
+        atomic_save({k: best[k] for k in TEACHER_KEYS}, args.save_teacher)
+        print(f"teacher file: {args.save_teacher} (acc@1 {best['best_acc1']:.2f})")
     return result
 
 

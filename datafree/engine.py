@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from datafree.checkpoint import load_weights, save_checkpoint
+from datafree.criterions import kldiv
 from datafree.errors import CheckpointError
 from datafree.utils.misc import rng_state, set_rng_state
 
@@ -74,18 +75,15 @@ def resume_training(path, model, arch, optimizer, scheduler, device):
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if "rng" in ckpt:
-        set_rng_state({k: (v.cpu() if torch.is_tensor(v) else
-                           [t.cpu() for t in v] if isinstance(v, list) else v)
-                       for k, v in ckpt["rng"].items()})
+        set_rng_state(ckpt["rng"])
     return ckpt
 
 
 def fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device, *, epochs, run_dir,
-        logger, start_epoch=0, best_acc1=0.0, checkpoint_extra=None, on_best=None, print_freq=0):
+        logger, start_epoch=0, best_acc1=0.0, checkpoint_extra=None, print_freq=0):
     """Train from ``start_epoch`` to ``epochs``; evaluate, log and checkpoint after each epoch.
 
-    ``checkpoint_extra`` is merged into every checkpoint (arch, num_classes, args, ...);
-    ``on_best(state)`` is called with the checkpoint whenever ``best.pth`` is rewritten.
+    ``checkpoint_extra`` is merged into every checkpoint (arch, num_classes, args, ...).
     Returns the best top-1 accuracy (%).
     """
     for epoch in range(start_epoch, epochs):
@@ -114,6 +112,29 @@ def fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device, 
             **(checkpoint_extra or {}),
         }
         save_checkpoint(state, run_dir, is_best)
-        if is_best and on_best is not None:
-            on_best(state)
     return best_acc1
+
+
+def distill_steps(synthesizer, student, teacher, optimizer, precision, steps, T):
+    """``steps`` KD steps on batches from ``synthesizer.sample()``: KL at temperature T.
+
+    Returns ``(mean loss, seconds spent in sample())``; the caller decides whether sampling
+    counts as synthesis time (it does for the generative methods, as in the original).
+    """
+    student.train()
+    teacher.eval()
+    loss_sum = torch.zeros((), device=next(student.parameters()).device)
+    sample_seconds = 0.0
+    for _ in range(steps):
+        tic = time.perf_counter()
+        images = synthesizer.sample()
+        sample_seconds += time.perf_counter() - tic
+        with precision.autocast():
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+            loss = kldiv(student(images), teacher_logits, T=T)
+        optimizer.zero_grad(set_to_none=True)
+        precision.backward(loss)
+        precision.step(optimizer)
+        loss_sum += loss.detach().float()
+    return loss_sum.item() / max(steps, 1), sample_seconds

@@ -29,3 +29,11 @@ class UnlabeledImageFolder(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, -1
+
+
+def load_image_tensor(root, size):
+    """Every image under ``root`` as one float tensor (N, 3, size, size) in [0, 1]."""
+    from torchvision import transforms as T
+
+    folder = UnlabeledImageFolder(root, transform=T.Compose([T.Resize((size, size)), T.ToTensor()]))
+    return torch.stack([folder[i][0] for i in range(len(folder))])

@@ -109,7 +109,7 @@ def run_cli(main, argv=None):
 
 
 def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_path, *,
-                 run_name, checkpoint_extra, on_best=None):
+                 run_name, checkpoint_extra):
     """The epoch loop of train_scratch.py and vanilla_kd.py: SGD, cosine schedule, resume, fit.
 
     With ``--evaluate_only`` the checkpoint is evaluated and nothing is written.
@@ -139,8 +139,7 @@ def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_
             logger.info(f"resumed from {resume_path} at epoch {start_epoch} (best acc@1 {best_acc1:.2f})")
         best_acc1 = fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device,
                         epochs=args.epochs, run_dir=args.output, logger=logger, start_epoch=start_epoch,
-                        best_acc1=best_acc1, checkpoint_extra=checkpoint_extra, on_best=on_best,
-                        print_freq=args.print_freq)
+                        best_acc1=best_acc1, checkpoint_extra=checkpoint_extra, print_freq=args.print_freq)
         logger.info(f"Best acc@1: {best_acc1:.2f}  (run folder: {args.output})")
     finally:
         logger.close()

@@ -35,7 +35,8 @@ def rng_state():
 
 
 def set_rng_state(state):
+    """Restore what ``rng_state`` captured (tensors may come back on any device)."""
     random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

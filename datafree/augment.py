@@ -1,0 +1,28 @@
+"""Device-side augmentation and normalisation for synthetic batches (kornia)."""
+import torch
+import torch.nn as nn
+from kornia import augmentation as K
+
+
+class Normalizer(nn.Module):
+    """(x - mean) / std per channel; ``denormalize`` inverts it."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+    def denormalize(self, x):
+        return x * self.std + self.mean
+
+
+def crop_flip_normalize(img_size, mean, std, padding=4):
+    """Random crop with zero padding, horizontal flip, then normalisation: images in [0, 1] -> model input."""
+    return nn.Sequential(
+        K.RandomCrop(size=(img_size, img_size), padding=padding),
+        K.RandomHorizontalFlip(),
+        Normalizer(mean, std),
+    )

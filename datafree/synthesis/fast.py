@@ -1,0 +1,174 @@
+"""Fast DFKD (AAAI-22): a generator that needs only k synthesis steps per batch.
+
+``fast``: the generator G and a fresh latent z are optimised together for k steps per call
+(sequential updates, no meta-learning). ``fast_meta``: each call clones G into a fast
+generator G', optimises G' and z for k steps, then meta-updates G from G' (first-order MAML
+or Reptile, see meta.py). Both minimise the inversion loss
+
+    bn * sum_l ||mu_l - running_mean_l|| + ||var_l - running_var_l||   (teacher BN layers)
+  + oh * CE(teacher(x), y)                                              (random labels y)
+  + adv * -KL(student || teacher) on samples whose top-1 agree          (after warmup)
+
+on augmented, normalised images x = aug(G'(z)); the lowest-loss batch of the k steps goes
+to the pool, from which the KD steps draw augmented batches.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datafree.augment import crop_flip_normalize
+from datafree.criterions import adversarial_kl
+from datafree.datasets.folder import load_image_tensor
+from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
+from datafree.models.generator import Generator
+from datafree.pool import ImagePool
+from datafree.precision import Precision
+
+from .base import BaseSynthesizer, register_synthesizer
+from .meta import FirstOrderMAML, Reptile
+
+GENERATOR_NZ = 256
+GENERATOR_NGF = 64
+# The original re-initialises the generator's first layers once, at this many synthesis
+# calls after the warmup.
+RESET_AFTER_WARMUP = 120
+
+
+def reset_first_layers(generator):
+    """Re-initialise the first linear layer and the first BatchNorm (N(0, 0.02) weights, zero bias)."""
+    for layer in (generator.l1[0], generator.conv_blocks[0]):
+        nn.init.normal_(layer.weight, 0.0, 0.02)
+        nn.init.zeros_(layer.bias)
+
+
+def reset_bn_affine(generator):
+    for m in generator.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+@register_synthesizer("fast")
+class FastSynthesizer(BaseSynthesizer):
+    flags = frozenset({"adv", "bn", "oh", "lr_g", "lr_z", "g_steps", "bn_mmt", "cmi_init"})
+    meta_learning = False
+
+    def __init__(self, teacher, student, config, device):
+        super().__init__(teacher, student, config, device)
+        c = config
+        self.batch_size = c.synthesis_batch_size or c.batch_size
+        self.sample_batch_size = c.batch_size
+        self.generator = Generator(nz=GENERATOR_NZ, ngf=GENERATOR_NGF, img_size=c.img_size, nc=c.nc).to(device)
+        self.generator.train()
+        self.hooks = register_bn_hooks(teacher, c.bn_mmt)
+        self.aug = crop_flip_normalize(c.img_size, c.mean, c.std).to(device)
+        self.pool = ImagePool(device)
+        if c.cmi_init:  # pre-inverted images join the pool from the start
+            self.pool.add(load_image_tensor(c.cmi_init, c.img_size))
+        self.precision = Precision(device, c.fp16)
+        self.calls = 0
+        self.meta = None
+        if self.meta_learning:
+            meta_cls = FirstOrderMAML if c.is_maml else Reptile
+            self.meta = meta_cls(self.generator, lr=c.lr_g * c.g_steps)
+
+    def _reset_due(self):
+        return self.calls == RESET_AFTER_WARMUP + self.config.warmup
+
+    def inversion_loss(self, images, targets):
+        """The weighted loss terms for one batch of generated images in [0, 1]."""
+        c = self.config
+        inputs = self.aug(images)
+        t_out = self.teacher(inputs)
+        terms = {"bn": bn_loss(self.hooks), "oh": F.cross_entropy(t_out, targets)}
+        if c.adv > 0 and self.calls >= c.warmup:
+            terms["adv"] = adversarial_kl(self.student(inputs), t_out)
+        total = c.bn * terms["bn"] + c.oh * terms["oh"] + c.adv * terms.get("adv", 0.0)
+        return total, terms
+
+    def synthesize(self):
+        c = self.config
+        self.calls += 1
+        self.teacher.eval()
+        self.student.eval()
+        if self.meta is not None and self._reset_due():
+            if c.reset_l0:
+                reset_first_layers(self.generator)
+            if c.reset_bn:
+                reset_bn_affine(self.generator)
+
+        z = torch.randn(self.batch_size, GENERATOR_NZ, device=self.device, requires_grad=True)
+        targets = torch.randint(0, c.num_classes, (self.batch_size,), device=self.device)
+        fast_generator = self.generator.clone() if self.meta is not None else self.generator
+        optimizer = torch.optim.Adam([{"params": fast_generator.parameters()},
+                                      {"params": [z], "lr": c.lr_z}], lr=c.lr_g, betas=(0.5, 0.999))
+        if self.meta is not None:
+            self.meta.begin()
+
+        with hooks_active(self.hooks):
+            best_loss, best_images, best_terms = self._inner_loop(fast_generator, z, targets, optimizer)
+        if c.bn_mmt > 0:
+            for hook in self.hooks:
+                hook.update_momentum()
+        if self.meta is not None:
+            self.meta.finish(fast_generator)
+        self.student.train()
+        self.pool.add(best_images)
+        return {"images": best_images, "loss": best_loss.item(),
+                **{f"loss_{k}": v.item() for k, v in best_terms.items()}}
+
+    def _inner_loop(self, fast_generator, z, targets, optimizer):
+        """k Adam steps on (G', z); returns the lowest loss, its images and its loss terms."""
+        best_loss = torch.full((), float("inf"), device=self.device)
+        best_images, best_terms = None, None
+        for _ in range(self.config.g_steps):
+            with self.precision.autocast():
+                images = fast_generator(z)
+                loss, terms = self.inversion_loss(images, targets)
+            # Track the best batch on the device: no host sync per step.
+            with torch.no_grad():
+                loss_now = loss.detach().float()
+                better = loss_now < best_loss
+                best_loss = torch.where(better, loss_now, best_loss)
+                images_now = images.detach().float()
+                best_images = images_now if best_images is None else torch.where(better, images_now, best_images)
+                terms_now = {k: v.detach().float() for k, v in terms.items()}
+                best_terms = terms_now if best_terms is None else {
+                    k: torch.where(better, v, best_terms[k]) for k, v in terms_now.items()}
+            optimizer.zero_grad(set_to_none=True)
+            self.precision.backward(loss)
+            self.precision.unscale(optimizer)
+            if self.meta is not None:
+                self.meta.after_inner_backward(fast_generator)
+            self.precision.step(optimizer)
+        return best_loss, best_images, best_terms
+
+    def sample(self):
+        with torch.no_grad():
+            return self.aug(self.pool.sample(self.sample_batch_size))
+
+    def state_dict(self):
+        return {
+            "generator": self.generator.state_dict(),
+            "meta": self.meta.state_dict() if self.meta is not None else None,
+            "bn_hooks": [h.state_dict() for h in self.hooks],
+            "pool": self.pool.state_dict(),
+            "calls": self.calls,
+            "precision": self.precision.state_dict(),
+        }
+
+    def load_state_dict(self, state):
+        self.generator.load_state_dict(state["generator"])
+        if self.meta is not None:
+            self.meta.load_state_dict(state["meta"])
+        for hook, hook_state in zip(self.hooks, state["bn_hooks"]):
+            hook.load_state_dict({k: None if v is None else v.to(self.device) for k, v in hook_state.items()})
+        self.pool.load_state_dict(state["pool"])
+        self.calls = state["calls"]
+        self.precision.load_state_dict(state["precision"])
+
+
+@register_synthesizer("fast_meta")
+class FastMetaSynthesizer(FastSynthesizer):
+    flags = FastSynthesizer.flags | {"is_maml", "reset_l0", "reset_bn"}
+    meta_learning = True

@@ -1,0 +1,161 @@
+"""datafree_kd.py end to end on the offline digits data with tiny budgets."""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import datafree.synthesis.fast as fast_module
+import datafree_kd
+import registry
+from conftest import ROOT
+from datafree.checkpoint import atomic_save, load_checkpoint
+from datafree.errors import CheckpointError, UsageError
+from datafree.synthesis.meta import FirstOrderMAML
+
+TINY = ["--dataset", "digits", "--teacher", "resnet8", "--student", "resnet8", "--gpu", "-1",
+        "--batch_size", "16", "--synthesis_batch_size", "8", "--kd_steps", "2", "--ep_steps", "4",
+        "--epochs", "2", "--g_steps", "2", "--lr", "0.05", "--T", "4", "--bn", "1", "--oh", "1",
+        "--adv", "1", "--bn_mmt", "0.9", "--lr_g", "1e-3", "--lr_z", "0.01", "--seed", "3"]
+
+
+@pytest.fixture
+def teacher_file(in_tmp_cwd):
+    """An (untrained) resnet8 digits teacher where datafree_kd.py looks by default."""
+    torch.manual_seed(0)
+    path = in_tmp_cwd / "checkpoints" / "pretrained" / "digits_resnet8.pth"
+    atomic_save({"state_dict": registry.get_model("resnet8", 10).state_dict()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("method,extra", [("fast_meta", ["--is_maml", "1"]), ("fast_meta", ["--is_maml", "0"]),
+                                          ("fast", [])])
+def test_runs_and_writes_outputs(teacher_file, method, extra):
+    result = datafree_kd.main(["--method", method, *TINY, *extra, "--warmup", "1"])
+    run = f"checkpoints/datafree-{method}/digits-resnet8-resnet8"
+    assert {"last.pth", "best.pth", "log.txt", "synthetic.png", "tb"} <= set(os.listdir(run))
+    ckpt = load_checkpoint(f"{run}/last.pth")
+    assert ckpt["epoch"] == 2 and ckpt["method"] == method
+    assert len(ckpt["synthesizer"]["pool"]["images"]) == 2 * 2 * 8     # 2 epochs x 2 rounds x 8 images
+    assert ckpt["synthesizer"]["pool"]["images"].dtype == torch.uint8
+    assert result["synthesis_seconds"] > 0 and result["kd_seconds"] > 0
+    assert result["wall_seconds"] >= result["synthesis_seconds"] + result["kd_seconds"]
+    log = open(f"{run}/log.txt").read()
+    assert "synthesis cost:" in log and "seconds: synthesis=" in log and "kd_loss=nan" in log  # warmup epoch
+
+
+def test_maml_meta_gradient_inside_the_synthesizer(teacher_file, monkeypatch):
+    """In a real synthesis call, G's meta-gradient is the sum of G' gradients over the k steps."""
+    inner, meta_grads = [], []
+    real_after, real_finish = FirstOrderMAML.after_inner_backward, FirstOrderMAML.finish
+
+    def after(self, fast_generator):
+        inner.append([p.grad.clone() for p in fast_generator.parameters()])
+        real_after(self, fast_generator)
+
+    def finish(self, fast_generator):
+        meta_grads.append([p.grad.clone() for p in self.generator.parameters()])
+        real_finish(self, fast_generator)
+
+    monkeypatch.setattr(FirstOrderMAML, "after_inner_backward", after)
+    monkeypatch.setattr(FirstOrderMAML, "finish", finish)
+    datafree_kd.main(["--method", "fast_meta", *TINY, "--g_steps", "3", "--epochs", "1", "--ep_steps", "2"])
+    assert len(inner) == 3 and len(meta_grads) == 1
+    for got, *steps in zip(meta_grads[0], *inner):
+        assert torch.allclose(got, sum(steps), atol=1e-6)
+
+
+def test_reset_l0_happens_once_at_120_calls_after_warmup(teacher_file, monkeypatch):
+    calls = []
+    monkeypatch.setattr(fast_module, "RESET_AFTER_WARMUP", 1)
+    monkeypatch.setattr(fast_module, "reset_first_layers", lambda g: calls.append(g))
+    datafree_kd.main(["--method", "fast_meta", *TINY, "--reset_l0", "1", "--warmup", "1", "--epochs", "2"])
+    assert len(calls) == 1   # call number 2 = 1 + warmup 1, of 4 calls
+
+
+def test_resumed_run_matches_an_uninterrupted_one(teacher_file, monkeypatch):
+    common = ["--method", "fast_meta", *TINY, "--epochs", "3", "--warmup", "1"]
+    datafree_kd.main([*common, "--output", "full"])
+
+    real_save = datafree_kd.save_checkpoint
+    saves = []
+
+    def die_after_second_epoch(state, run_dir, is_best):
+        real_save(state, run_dir, is_best)
+        saves.append(state["epoch"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(datafree_kd, "save_checkpoint", die_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        datafree_kd.main([*common, "--output", "killed"])
+    monkeypatch.setattr(datafree_kd, "save_checkpoint", real_save)
+    assert load_checkpoint("killed/last.pth")["epoch"] == 2
+    datafree_kd.main([*common, "--output", "killed", "--resume"])
+
+    full, resumed = load_checkpoint("full/last.pth"), load_checkpoint("killed/last.pth")
+    assert resumed["epoch"] == full["epoch"] == 3
+    assert resumed["best_acc1"] == full["best_acc1"]
+    for k, v in full["state_dict"].items():
+        assert torch.allclose(resumed["state_dict"][k].float(), v.float(), atol=1e-5), k
+    for k, v in full["synthesizer"]["generator"].items():
+        assert torch.allclose(resumed["synthesizer"]["generator"][k].float(), v.float(), atol=1e-5), k
+    assert torch.equal(resumed["synthesizer"]["pool"]["images"], full["synthesizer"]["pool"]["images"])
+    for a, b in zip(resumed["synthesizer"]["bn_hooks"], full["synthesizer"]["bn_hooks"]):
+        assert torch.allclose(a["ema_mean"], b["ema_mean"], atol=1e-5)
+
+
+def test_bf16_autocast_on_cpu(teacher_file):
+    result = datafree_kd.main(["--method", "fast_meta", *TINY, "--fp16", "--epochs", "1"])
+    log = open("checkpoints/datafree-fast_meta/digits-resnet8-resnet8/log.txt").read()
+    assert "kd_loss=nan" not in log and "loss=nan" not in log
+    assert result["best_acc1"] >= 0
+
+
+def test_config_file_with_command_line_override(teacher_file, in_tmp_cwd):
+    config = in_tmp_cwd / "tiny.yaml"
+    config.write_text("method: fast\ng_steps: 3\nepochs: 5\n")
+    args = datafree_kd.parse_args(["--config", str(config), "--epochs", "1"])
+    assert args.method == "fast" and args.g_steps == 3 and args.epochs == 1
+    args = datafree_kd.parse_args(["--config", str(config)])
+    assert args.g_steps == 3 and args.epochs == 5
+    for preset in sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)):
+        parsed = datafree_kd.parse_args(["--config", preset])
+        assert parsed.teacher in registry.model_names() and parsed.student in registry.model_names(), preset
+    config.write_text("method: fast\ng_stepz: 3\n")
+    with pytest.raises(UsageError, match="unknown keys g_stepz"):
+        datafree_kd.parse_args(["--config", str(config)])
+
+
+@pytest.mark.parametrize("argv,message", [
+    ([], "--method is required"),
+    (["--method", "fast", "--is_maml", "0"], "--is_maml is not used by method 'fast'"),
+    (["--method", "fast_meta", "--cr", "0.8"], "--cr is not used by method 'fast_meta'"),
+    (["--method", "fast_meta", "--kd_steps", "10", "--ep_steps", "5"], "at most --ep_steps"),
+])
+def test_impossible_flags(argv, message):
+    with pytest.raises(UsageError, match=message):
+        datafree_kd.parse_args(argv)
+
+
+def test_original_command_line_parses():
+    """A line of the original scripts/fast_cifar.sh, unchanged."""
+    line = ("--batch_size 256 --lr 0.2 --kd_steps 400 --ep_steps 400 --adv 1.1 --bn 10.0 --oh 0.4 --act 0 "
+            "--balance 0 --gpu 0 --T 20 --seed 0 --bn_mmt 0.9 --warmup 20 --epochs 220 --dataset cifar100 "
+            "--method fast_meta --g_steps 5 --lr_z 0.01 --lr_g 3e-3 --student wrn40_1 --is_maml 1 --reset_l0 1 "
+            "--reset_bn 0 --save_dir run/wrnS401-5 --log_tag wrnS401-5")
+    args = datafree_kd.parse_args(line.split())
+    assert (args.teacher, args.student, args.g_steps, args.T) == ("wrn40_2", "wrn40_1", 5, 20.0)
+
+
+def test_missing_teacher_says_how_to_get_one(in_tmp_cwd):
+    with pytest.raises(CheckpointError, match="python train_scratch.py --model resnet8 --dataset digits"):
+        datafree_kd.main(["--method", "fast_meta", *TINY])
+
+
+def test_help_lists_methods():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "datafree_kd.py"), "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "fast_meta" in proc.stdout and "--is_maml" in proc.stdout
