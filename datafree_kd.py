@@ -26,9 +26,9 @@ from datafree.engine import distill_steps, evaluate
 from datafree.errors import CheckpointError, UsageError
 from datafree.precision import Precision
 from datafree.synthesis import SYNTHESIZERS
-from datafree.utils.cli import default_teacher_ckpt, load_teacher, resolve_resume, run_cli
+from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, run_cli
 from datafree.utils.logger import RunLogger
-from datafree.utils.misc import rng_state, select_device, set_rng_state, set_seed
+from datafree.utils.misc import rng_state, set_rng_state
 
 # Flags that belong to particular methods; setting one away from its default for a method
 # that ignores it is an error.
@@ -153,23 +153,14 @@ def now(device):
 
 def main(argv=None):
     args = parse_args(argv)
-    tag = f"-{args.log_tag}" if args.log_tag else ""
-    args.output = args.output or os.path.join("checkpoints", f"datafree-{args.method}",
-                                              f"{args.dataset}-{args.teacher}-{args.student}{tag}")
-    args.teacher_ckpt = args.teacher_ckpt or default_teacher_ckpt(args.dataset, args.teacher)
-    device = select_device(args.gpu)
-    set_seed(args.seed)
-    resume_path = resolve_resume(args)
+    device, resume_path = prepare_run(args, f"datafree-{args.method}", f"{args.dataset}-{args.teacher}-{args.student}")
 
     num_classes, _, val_set = registry.get_dataset(args.dataset, args.data_root, args.download)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(args.batch_size, 256), shuffle=False,
                                              num_workers=args.workers, pin_memory=device.type == "cuda")
     student = registry.get_model(args.student, num_classes).to(device)
     if args.evaluate_only:
-        load_weights(student, resume_path, args.student, map_location=device)
-        stats = evaluate(student, val_loader, device)
-        print(f"[Eval] {resume_path}: acc@1={stats['acc1']:.2f} acc@5={stats['acc5']:.2f} loss={stats['loss']:.4f}")
-        return stats
+        return evaluate_checkpoint(student, resume_path, args.student, val_loader, device)
     teacher = load_teacher(registry.get_model(args.teacher, num_classes), args.teacher_ckpt,
                            args.dataset, args.teacher, device)
     for p in teacher.parameters():

@@ -184,22 +184,19 @@ def _digits(data_root, download=False):
     return Digits(train=True, transform=train_tf), Digits(train=False, transform=val_tf)
 
 
-@register_dataset('cifar10', num_classes=10, **NORMALIZE_DICT['cifar10'])
-def _cifar10(data_root, download=False):
-    root = os.path.join(data_root, 'torchdata')
-    train_tf, val_tf = _cifar_style('cifar10')
-    make = lambda train, tf: _torchvision_set(datasets.CIFAR10, 'CIFAR-10', root, download,
-                                              'cifar-10-batches-py', train=train, transform=tf)
-    return make(True, train_tf), make(False, val_tf)
+def _cifar(cls, name, what, marker):
+    def build(data_root, download=False):
+        root = os.path.join(data_root, 'torchdata')
+        train_tf, val_tf = _cifar_style(name)
+        return tuple(_torchvision_set(cls, what, root, download, marker, train=train, transform=tf)
+                     for train, tf in ((True, train_tf), (False, val_tf)))
+    return build
 
 
-@register_dataset('cifar100', num_classes=100, **NORMALIZE_DICT['cifar100'])
-def _cifar100(data_root, download=False):
-    root = os.path.join(data_root, 'torchdata')
-    train_tf, val_tf = _cifar_style('cifar100')
-    make = lambda train, tf: _torchvision_set(datasets.CIFAR100, 'CIFAR-100', root, download,
-                                              'cifar-100-python', train=train, transform=tf)
-    return make(True, train_tf), make(False, val_tf)
+register_dataset('cifar10', num_classes=10, **NORMALIZE_DICT['cifar10'])(
+    _cifar(datasets.CIFAR10, 'cifar10', 'CIFAR-10', 'cifar-10-batches-py'))
+register_dataset('cifar100', num_classes=100, **NORMALIZE_DICT['cifar100'])(
+    _cifar(datasets.CIFAR100, 'cifar100', 'CIFAR-100', 'cifar-100-python'))
 
 
 @register_dataset('svhn', num_classes=10, **NORMALIZE_DICT['svhn'])

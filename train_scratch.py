@@ -15,9 +15,8 @@ import torch.nn.functional as F
 import registry
 from datafree.checkpoint import atomic_save, load_checkpoint
 from datafree.errors import UsageError
-from datafree.utils.cli import (add_data_args, add_optim_args, add_run_args, default_teacher_ckpt,
-                                make_loaders, resolve_resume, run_cli, run_training)
-from datafree.utils.misc import select_device, set_seed
+from datafree.utils.cli import (add_data_args, add_optim_args, add_run_args, default_teacher_ckpt, make_loaders,
+                                prepare_run, run_cli, run_training)
 
 TEACHER_KEYS = ("state_dict", "arch", "num_classes", "dataset", "epoch", "best_acc1")
 
@@ -41,13 +40,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.output = args.output or os.path.join(
-        "checkpoints", "scratch", f"{args.dataset}_{args.model}{'-' + args.log_tag if args.log_tag else ''}")
+    device, resume_path = prepare_run(args, "scratch", f"{args.dataset}_{args.model}")
     args.save_teacher = args.save_teacher or default_teacher_ckpt(args.dataset, args.model)
-    device = select_device(args.gpu)
-    set_seed(args.seed)
-
-    resume_path = resolve_resume(args)
     if (not resume_path and not args.overwrite_teacher and os.path.exists(args.save_teacher)):
         raise UsageError(f"{args.save_teacher} already exists and would be replaced by this run; "
                          f"pass --overwrite_teacher, or --save_teacher PATH to write elsewhere")

@@ -18,9 +18,8 @@ import registry
 from datafree.criterions import kldiv
 from datafree.datasets import UnlabeledImageFolder
 from datafree.errors import UsageError
-from datafree.utils.cli import (add_data_args, add_optim_args, add_run_args, default_teacher_ckpt,
-                                load_teacher, make_loaders, resolve_resume, run_cli, run_training)
-from datafree.utils.misc import select_device, set_seed
+from datafree.utils.cli import (add_data_args, add_optim_args, add_run_args, load_teacher, make_loaders,
+                                prepare_run, run_cli, run_training)
 
 
 def build_parser():
@@ -61,13 +60,7 @@ def build_transfer_set(args, train_set):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     transfer_name = (args.transfer_set or args.dataset).strip("/").replace("/", "-")
-    args.output = args.output or os.path.join(
-        "checkpoints", "vanilla_kd",
-        f"{args.dataset}-{transfer_name}-{args.teacher}-{args.student}{'-' + args.log_tag if args.log_tag else ''}")
-    args.teacher_ckpt = args.teacher_ckpt or default_teacher_ckpt(args.dataset, args.teacher)
-    device = select_device(args.gpu)
-    set_seed(args.seed)
-    resume_path = resolve_resume(args)
+    device, resume_path = prepare_run(args, "vanilla_kd", f"{args.dataset}-{transfer_name}-{args.teacher}-{args.student}")
 
     num_classes, train_set, val_set = registry.get_dataset(args.dataset, args.data_root, args.download)
     transfer_set, labeled = build_transfer_set(args, train_set)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,20 @@ def test_help_lists_methods():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "datafree_kd.py"), "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "fast_meta" in proc.stdout and "--is_maml" in proc.stdout
+
+
+def test_save_pool_and_cmi_init(teacher_file, in_tmp_cwd):
+    from PIL import Image
+    init = in_tmp_cwd / "init"
+    init.mkdir()
+    for i in range(3):
+        Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(init / f"{i}.png")
+    datafree_kd.main(["--method", "fast_meta", *TINY, "--epochs", "1", "--ep_steps", "2", "--cmi_init", str(init),
+                      "--save_pool", "--save_dir", "pool_png"])
+    ckpt = load_checkpoint("checkpoints/datafree-fast_meta/digits-resnet8-resnet8/last.pth")
+    pool = ckpt["synthesizer"]["pool"]["images"]
+    assert pool.shape == (3 + 8, 3, 32, 32)          # the resized init images, then one synthetic batch
+    files = sorted(os.listdir("pool_png"))
+    assert len(files) == 11
+    back = torch.from_numpy(np.array(Image.open(os.path.join("pool_png", files[-1]))))
+    assert torch.equal(back.permute(2, 0, 1), pool[-1])

@@ -8,6 +8,7 @@ from datafree.checkpoint import load_weights
 from datafree.engine import evaluate, fit, resume_training
 from datafree.errors import CheckpointError, UsageError
 from datafree.utils.logger import RunLogger
+from datafree.utils.misc import select_device, set_seed
 
 
 def add_data_args(parser, dataset_choices, default_dataset="digits"):
@@ -53,6 +54,28 @@ def add_run_args(parser):
                        help="log the training loss every N iterations (default: 0, once per epoch)")
     group.add_argument("--log_tag", default="", help="suffix for the default run folder name")
     return group
+
+
+def prepare_run(args, folder, name):
+    """Fill the defaults that depend on other flags, seed, choose the device and check --resume.
+
+    The default run folder is checkpoints/<folder>/<name>[-<log_tag>]. Returns (device, resume_path).
+    """
+    tag = f"-{args.log_tag}" if args.log_tag else ""
+    args.output = args.output or os.path.join("checkpoints", folder, name + tag)
+    if hasattr(args, "teacher_ckpt"):
+        args.teacher_ckpt = args.teacher_ckpt or default_teacher_ckpt(args.dataset, args.teacher)
+    device = select_device(args.gpu)
+    set_seed(args.seed)
+    return device, resolve_resume(args)
+
+
+def evaluate_checkpoint(model, path, arch, loader, device):
+    """--evaluate_only: load ``path`` into ``model``, print and return its test metrics."""
+    load_weights(model, path, arch, map_location=device)
+    stats = evaluate(model, loader, device)
+    print(f"[Eval] {path}: acc@1={stats['acc1']:.2f} acc@5={stats['acc5']:.2f} loss={stats['loss']:.4f}")
+    return stats
 
 
 def resolve_resume(args):
@@ -117,10 +140,7 @@ def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_
     """
     arch = checkpoint_extra["arch"]
     if args.evaluate_only:
-        load_weights(model, resume_path, arch, map_location=device)
-        stats = evaluate(model, val_loader, device)
-        print(f"[Eval] {resume_path}: acc@1={stats['acc1']:.2f} acc@5={stats['acc5']:.2f} loss={stats['loss']:.4f}")
-        return stats
+        return evaluate_checkpoint(model, resume_path, arch, val_loader, device)
 
     optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)

@@ -53,18 +53,30 @@ class Bottleneck(nn.Module):
         return self.relu(out + shortcut)
 
 
+def make_stage(block, inplanes, planes, blocks, stride=1):
+    """``blocks`` residual blocks; the first may stride and project. Returns (stage, output channels)."""
+    downsample = None
+    if stride != 1 or inplanes != planes * block.expansion:
+        downsample = nn.Sequential(
+            _conv1x1(inplanes, planes * block.expansion, stride),
+            nn.BatchNorm2d(planes * block.expansion),
+        )
+    layers = [block(inplanes, planes, stride, downsample)]
+    layers += [block(planes * block.expansion, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers), planes * block.expansion
+
+
 class ResNet(nn.Module):
     def __init__(self, block, layers, num_classes=1000):
         super().__init__()
-        self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.layer1, planes = make_stage(block, 64, 64, layers[0])
+        self.layer2, planes = make_stage(block, planes, 128, layers[1], stride=2)
+        self.layer3, planes = make_stage(block, planes, 256, layers[2], stride=2)
+        self.layer4, _ = make_stage(block, planes, 512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512 * block.expansion, num_classes)
 
@@ -74,18 +86,6 @@ class ResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def _make_layer(self, block, planes, blocks, stride=1):
-        downsample = None
-        if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                _conv1x1(self.inplanes, planes * block.expansion, stride),
-                nn.BatchNorm2d(planes * block.expansion),
-            )
-        layers = [block(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
 
     def forward(self, x, return_features=False):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
