@@ -32,7 +32,7 @@ from datafree.utils.misc import rng_state, set_rng_state
 
 # Flags that belong to particular methods; setting one away from its default for a method
 # that ignores it is an error.
-METHOD_FLAGS = ("adv", "bn", "oh", "act", "balance", "cr", "cr_T", "cmi_init", "lr_g", "lr_z",
+METHOD_FLAGS = ("adv", "bn", "oh", "act", "balance", "tv", "l2", "cr", "cr_T", "cmi_init", "lr_g", "lr_z",
                 "g_steps", "reset_l0", "reset_bn", "bn_mmt", "is_maml")
 
 
@@ -46,6 +46,8 @@ def build_parser():
     method.add_argument("--oh", default=0.0, type=float, help="weight of the one-hot (cross-entropy) term")
     method.add_argument("--act", default=0.0, type=float, help="weight of DAFL's activation term")
     method.add_argument("--balance", default=0.0, type=float, help="weight of the class-balance term")
+    method.add_argument("--tv", default=0.0, type=float, help="weight of DeepInversion's total-variation prior")
+    method.add_argument("--l2", default=0.0, type=float, help="weight of DeepInversion's L2 prior")
     method.add_argument("--cr", default=1.0, type=float, help="weight of CMI's contrastive term")
     method.add_argument("--cr_T", default=0.5, type=float, help="temperature of CMI's contrastive term")
     method.add_argument("--cmi_init", default=None, help="folder of pre-inverted images added to the pool")
@@ -208,7 +210,7 @@ def main(argv=None):
 
 def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger):
     rounds = args.ep_steps // args.kd_steps
-    sampling_is_synthesis = getattr(synthesizer, "sampling_is_synthesis", False)
+    sampling_is_synthesis = synthesizer.sampling_is_synthesis
     for epoch in range(run["epoch"], args.epochs):
         epoch_start = now(device)
         phase = dict.fromkeys(("synthesis", "kd", "eval", "output"), 0.0)
@@ -220,7 +222,7 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
             if epoch >= args.warmup:
                 tic = now(device)
                 kd_loss, sample_seconds = distill_steps(synthesizer, student, teacher, optimizer, precision,
-                                                        args.kd_steps, args.T)
+                                                        args.kd_steps)
                 kd_seconds = now(device) - tic
                 moved = sample_seconds if sampling_is_synthesis else 0.0
                 phase["synthesis"] += moved

@@ -1,4 +1,5 @@
 """Pure loss functions; each takes logits and returns a scalar tensor."""
+import torch
 import torch.nn.functional as F
 
 
@@ -29,3 +30,50 @@ def adversarial_kl(student_logits, teacher_logits):
     """
     mask = agreement_mask(student_logits, teacher_logits)
     return -(kldiv_per_sample(student_logits, teacher_logits) * mask).mean()
+
+
+def jsdiv(student_logits, teacher_logits, T=1.0):
+    """The original release's 'JS divergence': 0.5 KL(M || P) + 0.5 KL(M || Q), batch mean.
+
+    P, Q are the softmaxes at temperature T and M = (P + Q) / 2; all three are clamped to
+    [0.01, 0.99] before the logarithms, as in the original.
+    """
+    p = F.softmax(student_logits / T, dim=1)
+    q = F.softmax(teacher_logits / T, dim=1)
+    m = (0.5 * (p + q)).clamp(0.01, 0.99)
+    p, q = p.clamp(0.01, 0.99), q.clamp(0.01, 0.99)
+    return 0.5 * F.kl_div(p.log(), m, reduction="batchmean") + 0.5 * F.kl_div(q.log(), m, reduction="batchmean")
+
+
+def total_variation(images):
+    """Sum over the four neighbour directions of the mean absolute pixel difference."""
+    diffs = (images[:, :, :, :-1] - images[:, :, :, 1:],
+             images[:, :, :-1, :] - images[:, :, 1:, :],
+             images[:, :, 1:, :-1] - images[:, :, :-1, 1:],
+             images[:, :, :-1, :-1] - images[:, :, 1:, 1:])
+    return sum(d.abs().mean() for d in diffs)
+
+
+def l2_prior(images):
+    """The L2 norm of the whole batch."""
+    return torch.norm(images, 2)
+
+
+def class_balance(logits):
+    """Negative entropy of the batch's mean prediction (minimising it balances the classes)."""
+    mean_prob = F.softmax(logits, dim=1).mean(dim=0)
+    return (mean_prob * mean_prob.log()).sum()
+
+
+def activation(features):
+    """DAFL's activation term: minus the mean absolute feature activation."""
+    return -features.abs().mean()
+
+
+def info_nce(queries, keys, T):
+    """Per-query InfoNCE: query i's positive is key i, every other key is a negative.
+
+    queries: (N, D), keys: (M, D) with M >= N; returns (N,) losses.
+    """
+    logits = queries @ keys.t() / T
+    return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device), reduction="none")

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from datafree.checkpoint import load_weights, save_checkpoint
-from datafree.criterions import kldiv
 from datafree.errors import CheckpointError
 from datafree.utils.misc import rng_state, set_rng_state
 
@@ -115,8 +114,8 @@ def fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device, 
     return best_acc1
 
 
-def distill_steps(synthesizer, student, teacher, optimizer, precision, steps, T):
-    """``steps`` KD steps on batches from ``synthesizer.sample()``: KL at temperature T.
+def distill_steps(synthesizer, student, teacher, optimizer, precision, steps):
+    """``steps`` KD steps on batches from ``synthesizer.sample()`` with ``synthesizer.kd_loss``.
 
     Returns ``(mean loss, seconds spent in sample())``; the caller decides whether sampling
     counts as synthesis time (it does for the generative methods, as in the original).
@@ -132,7 +131,7 @@ def distill_steps(synthesizer, student, teacher, optimizer, precision, steps, T)
         with precision.autocast():
             with torch.no_grad():
                 teacher_logits = teacher(images)
-            loss = kldiv(student(images), teacher_logits, T=T)
+            loss = synthesizer.kd_loss(student(images), teacher_logits)
         optimizer.zero_grad(set_to_none=True)
         precision.backward(loss)
         precision.step(optimizer)

@@ -17,16 +17,19 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def backward(self, loss):
-        self.scaler.scale(loss).backward()
+    def backward(self, loss, inputs=None):
+        """Backward pass; ``inputs`` limits the gradients to those tensors (None: all leaves)."""
+        self.scaler.scale(loss).backward(inputs=inputs)
 
     def unscale(self, optimizer):
         """Bring the gradients back to their true scale (before reading or copying them)."""
         if self.scaler.is_enabled():
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer):
-        self.scaler.step(optimizer)
+    def step(self, *optimizers):
+        """Step every optimizer (skipped together on overflow), then update the scale."""
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)
         self.scaler.update()
 
     def state_dict(self):

@@ -1,5 +1,6 @@
 """Synthesizers: one data-free method per module, registered under its ``--method`` name."""
-from .base import SYNTHESIZERS, BaseSynthesizer, register_synthesizer
-from . import fast  # noqa: F401  (registers fast and fast_meta)
+from . import cmi, deepinv, fast, generative
+from .base import SYNTHESIZERS, BaseSynthesizer, PoolSynthesizer, register_synthesizer
 
-__all__ = ["SYNTHESIZERS", "BaseSynthesizer", "register_synthesizer"]
+__all__ = ["SYNTHESIZERS", "BaseSynthesizer", "PoolSynthesizer", "register_synthesizer",
+           "cmi", "deepinv", "fast", "generative"]

@@ -1,8 +1,15 @@
-"""The synthesizer interface shared by every data-free method.
+"""The synthesizer interface shared by every data-free method, and the pieces they share.
 
 A synthesizer is built from ``(teacher, student, config, device)`` where ``config`` is the
 run's argument namespace plus ``num_classes``, ``img_size``, ``nc``, ``mean`` and ``std``.
 """
+import torch
+
+from datafree.augment import crop_flip_normalize
+from datafree.criterions import kldiv
+from datafree.datasets.folder import load_image_tensor
+from datafree.pool import ImagePool
+from datafree.precision import Precision
 from datafree.utils.registry import Registry
 
 SYNTHESIZERS = Registry("method")
@@ -21,13 +28,20 @@ class BaseSynthesizer:
 
     ``flags``: the method-specific command-line flags this method reads; datafree_kd.py
     refuses other method flags set away from their defaults.
+    ``sampling_is_synthesis``: whether the time spent in ``sample()`` is synthesis time
+    (generators sampled during KD) rather than reading a pool.
     """
 
     method = None
     flags = frozenset()
+    sampling_is_synthesis = False
 
     def __init__(self, teacher, student, config, device):
         self.teacher, self.student, self.config, self.device = teacher, student, config, device
+        self.batch_size = config.synthesis_batch_size or config.batch_size
+        self.sample_batch_size = config.batch_size
+        self.precision = Precision(device, config.fp16)
+        self.calls = 0
 
     def synthesize(self):
         """One round of synthesis. Returns at least ``{'images': (N, C, H, W) in [0, 1]}``
@@ -38,9 +52,61 @@ class BaseSynthesizer:
         """One normalised, augmented batch for a KD step."""
         raise NotImplementedError
 
+    def kd_loss(self, student_logits, teacher_logits):
+        """The KD objective on a synthetic batch: KL at temperature T unless a method says otherwise."""
+        return kldiv(student_logits, teacher_logits, T=self.config.T)
+
     def state_dict(self):
         """Everything needed to resume (tensors and plain containers only)."""
-        raise NotImplementedError
+        return {"calls": self.calls, "precision": self.precision.state_dict()}
 
     def load_state_dict(self, state):
-        raise NotImplementedError
+        self.calls = state["calls"]
+        self.precision.load_state_dict(state["precision"])
+
+
+class PoolSynthesizer(BaseSynthesizer):
+    """Methods that keep each synthesised batch in an ImagePool and train on augmented draws."""
+
+    def __init__(self, teacher, student, config, device):
+        super().__init__(teacher, student, config, device)
+        self.aug = crop_flip_normalize(config.img_size, config.mean, config.std).to(device)
+        self.pool = ImagePool(device)
+        if config.cmi_init:  # pre-inverted images join the pool from the start
+            self.pool.add(load_image_tensor(config.cmi_init, config.img_size))
+
+    def sample(self):
+        with torch.no_grad():
+            return self.aug(self.pool.sample(self.sample_batch_size))
+
+    def state_dict(self):
+        return {**super().state_dict(), "pool": self.pool.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.pool.load_state_dict(state["pool"])
+
+
+class BestBatch:
+    """The lowest-loss step of an optimisation, tracked on the device (no host sync per step)."""
+
+    def __init__(self, device):
+        self.loss = torch.full((), float("inf"), device=device)
+        self.values = None
+
+    @torch.no_grad()
+    def update(self, loss, **values):
+        """Keep copies of ``values`` (tensors) if ``loss`` is the lowest so far."""
+        loss = loss.detach().float()
+        better = loss < self.loss
+        self.loss = torch.where(better, loss, self.loss)
+        values = {k: v.detach().float().clone() for k, v in values.items()}
+        if self.values is None:
+            self.values = values
+        else:
+            self.values = {k: torch.where(better, v, self.values[k]) for k, v in values.items()}
+
+    def report(self):
+        """Loss terms of the best step as floats (one host sync), prefixed 'loss'."""
+        return {"loss": self.loss.item(),
+                **{f"loss_{k[5:]}": v.item() for k, v in self.values.items() if k.startswith("term_")}}

@@ -16,15 +16,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datafree.augment import crop_flip_normalize
 from datafree.criterions import adversarial_kl
-from datafree.datasets.folder import load_image_tensor
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 from datafree.models.generator import Generator
-from datafree.pool import ImagePool
-from datafree.precision import Precision
 
-from .base import BaseSynthesizer, register_synthesizer
+from .base import BestBatch, PoolSynthesizer, register_synthesizer
 from .meta import FirstOrderMAML, Reptile
 
 GENERATOR_NZ = 256
@@ -49,34 +45,23 @@ def reset_bn_affine(generator):
 
 
 @register_synthesizer("fast")
-class FastSynthesizer(BaseSynthesizer):
+class FastSynthesizer(PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "lr_g", "lr_z", "g_steps", "bn_mmt", "cmi_init"})
     meta_learning = False
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
         c = config
-        self.batch_size = c.synthesis_batch_size or c.batch_size
-        self.sample_batch_size = c.batch_size
         self.generator = Generator(nz=GENERATOR_NZ, ngf=GENERATOR_NGF, img_size=c.img_size, nc=c.nc).to(device)
         self.generator.train()
         self.hooks = register_bn_hooks(teacher, c.bn_mmt)
-        self.aug = crop_flip_normalize(c.img_size, c.mean, c.std).to(device)
-        self.pool = ImagePool(device)
-        if c.cmi_init:  # pre-inverted images join the pool from the start
-            self.pool.add(load_image_tensor(c.cmi_init, c.img_size))
-        self.precision = Precision(device, c.fp16)
-        self.calls = 0
         self.meta = None
         if self.meta_learning:
             meta_cls = FirstOrderMAML if c.is_maml else Reptile
             self.meta = meta_cls(self.generator, lr=c.lr_g * c.g_steps)
 
-    def _reset_due(self):
-        return self.calls == RESET_AFTER_WARMUP + self.config.warmup
-
     def inversion_loss(self, images, targets):
-        """The weighted loss terms for one batch of generated images in [0, 1]."""
+        """The weighted loss and its terms for one batch of generated images in [0, 1]."""
         c = self.config
         inputs = self.aug(images)
         t_out = self.teacher(inputs)
@@ -91,7 +76,7 @@ class FastSynthesizer(BaseSynthesizer):
         self.calls += 1
         self.teacher.eval()
         self.student.eval()
-        if self.meta is not None and self._reset_due():
+        if self.meta is not None and self.calls == RESET_AFTER_WARMUP + c.warmup:
             if c.reset_l0:
                 reset_first_layers(self.generator)
             if c.reset_bn:
@@ -104,68 +89,41 @@ class FastSynthesizer(BaseSynthesizer):
                                       {"params": [z], "lr": c.lr_z}], lr=c.lr_g, betas=(0.5, 0.999))
         if self.meta is not None:
             self.meta.begin()
-
+        best = BestBatch(self.device)
         with hooks_active(self.hooks):
-            best_loss, best_images, best_terms = self._inner_loop(fast_generator, z, targets, optimizer)
+            for _ in range(c.g_steps):
+                with self.precision.autocast():
+                    images = fast_generator(z)
+                    loss, terms = self.inversion_loss(images, targets)
+                best.update(loss, images=images, **{f"term_{k}": v for k, v in terms.items()})
+                optimizer.zero_grad(set_to_none=True)
+                self.precision.backward(loss, inputs=[z, *fast_generator.parameters()])
+                self.precision.unscale(optimizer)
+                if self.meta is not None:
+                    self.meta.after_inner_backward(fast_generator)
+                self.precision.step(optimizer)
         if c.bn_mmt > 0:
             for hook in self.hooks:
                 hook.update_momentum()
         if self.meta is not None:
             self.meta.finish(fast_generator)
         self.student.train()
-        self.pool.add(best_images)
-        return {"images": best_images, "loss": best_loss.item(),
-                **{f"loss_{k}": v.item() for k, v in best_terms.items()}}
-
-    def _inner_loop(self, fast_generator, z, targets, optimizer):
-        """k Adam steps on (G', z); returns the lowest loss, its images and its loss terms."""
-        best_loss = torch.full((), float("inf"), device=self.device)
-        best_images, best_terms = None, None
-        for _ in range(self.config.g_steps):
-            with self.precision.autocast():
-                images = fast_generator(z)
-                loss, terms = self.inversion_loss(images, targets)
-            # Track the best batch on the device: no host sync per step.
-            with torch.no_grad():
-                loss_now = loss.detach().float()
-                better = loss_now < best_loss
-                best_loss = torch.where(better, loss_now, best_loss)
-                images_now = images.detach().float()
-                best_images = images_now if best_images is None else torch.where(better, images_now, best_images)
-                terms_now = {k: v.detach().float() for k, v in terms.items()}
-                best_terms = terms_now if best_terms is None else {
-                    k: torch.where(better, v, best_terms[k]) for k, v in terms_now.items()}
-            optimizer.zero_grad(set_to_none=True)
-            self.precision.backward(loss)
-            self.precision.unscale(optimizer)
-            if self.meta is not None:
-                self.meta.after_inner_backward(fast_generator)
-            self.precision.step(optimizer)
-        return best_loss, best_images, best_terms
-
-    def sample(self):
-        with torch.no_grad():
-            return self.aug(self.pool.sample(self.sample_batch_size))
+        self.pool.add(best.values["images"])
+        return {"images": best.values["images"], **best.report()}
 
     def state_dict(self):
-        return {
-            "generator": self.generator.state_dict(),
-            "meta": self.meta.state_dict() if self.meta is not None else None,
-            "bn_hooks": [h.state_dict() for h in self.hooks],
-            "pool": self.pool.state_dict(),
-            "calls": self.calls,
-            "precision": self.precision.state_dict(),
-        }
+        return {**super().state_dict(),
+                "generator": self.generator.state_dict(),
+                "meta": self.meta.state_dict() if self.meta is not None else None,
+                "bn_hooks": [h.state_dict() for h in self.hooks]}
 
     def load_state_dict(self, state):
+        super().load_state_dict(state)
         self.generator.load_state_dict(state["generator"])
         if self.meta is not None:
             self.meta.load_state_dict(state["meta"])
         for hook, hook_state in zip(self.hooks, state["bn_hooks"]):
             hook.load_state_dict({k: None if v is None else v.to(self.device) for k, v in hook_state.items()})
-        self.pool.load_state_dict(state["pool"])
-        self.calls = state["calls"]
-        self.precision.load_state_dict(state["precision"])
 
 
 @register_synthesizer("fast_meta")

@@ -1,0 +1,193 @@
+"""Contrastive Model Inversion (Fang et al., IJCAI 2021).
+
+Each call re-initialises the generator and optimises it with a fresh z (Adam, lr_g for
+both, betas 0.5, 0.999) for ``g_steps`` steps on the inversion loss of Fast DFKD (BN +
+one-hot + masked adversarial KL, no warmup) plus ``cr`` times a contrastive term:
+
+- instance features: the per-channel spatial means of the inputs of every teacher
+  BatchNorm2d (of the four residual stages for a ResNet-34 teacher), concatenated;
+- two views of each image: global (crop with padding 4 + flip) and local (random resized
+  crop, scale 0.25-1, + flip), both normalised;
+- an MLP head (D -> D -> 256, L2-normalised output) trained alongside (Adam, lr_g);
+- InfoNCE at temperature ``cr_T`` between projected local features (queries) and projected
+  global features (keys, detached), over the batch and up to 4,096 (local, global) pairs
+  drawn from a memory bank of 40,960 earlier best batches.
+
+The best batch goes to the pool and its (local, global) features to the bank.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from kornia import augmentation as K
+
+from datafree.criterions import adversarial_kl, info_nce
+from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
+from datafree.models.generator import Generator
+
+from .base import BestBatch, PoolSynthesizer, register_synthesizer
+
+GENERATOR_NZ = 256
+BANK_SIZE = 40960
+NEGATIVES = 4096
+HEAD_DIM = 256
+
+
+class ProjectionHead(nn.Module):
+    """Linear-ReLU-Linear with an L2-normalised output."""
+
+    def __init__(self, dim_in, dim_out, dim_hidden=None):
+        super().__init__()
+        dim_hidden = dim_hidden or dim_in
+        self.head = nn.Sequential(nn.Linear(dim_in, dim_hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(dim_hidden, dim_out))
+
+    def forward(self, x):
+        return F.normalize(self.head(x), dim=1, p=2)
+
+
+class MemoryBank:
+    """A ring buffer of feature rows; draws random rows among those written so far."""
+
+    def __init__(self, size, dim, device):
+        self.data = torch.zeros(size, dim, device=device)
+        self.size, self.ptr, self.count = size, 0, 0
+
+    def add(self, rows):
+        n = len(rows)
+        idx = (self.ptr + torch.arange(n, device=self.data.device)) % self.size
+        self.data[idx] = rows.detach().to(self.data.device)
+        self.ptr = (self.ptr + n) % self.size
+        self.count += n
+
+    def draw(self, k):
+        filled = min(self.count, self.size)
+        idx = torch.randperm(filled, device=self.data.device)[:k]
+        return self.data[idx]
+
+    def state_dict(self):
+        return {"data": self.data.cpu(), "ptr": self.ptr, "count": self.count}
+
+    def load_state_dict(self, state):
+        self.data = state["data"].to(self.data.device)
+        self.ptr, self.count = state["ptr"], state["count"]
+
+
+class InstanceMeanHook:
+    """Per-sample, per-channel spatial mean of a module's input: (N, C)."""
+
+    def __init__(self, module):
+        self.features = None
+        self._handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.features = inputs[0].float().mean(dim=(2, 3))
+
+    def remove(self):
+        self._handle.remove()
+
+
+def feature_modules(teacher, teacher_name):
+    if teacher_name == "resnet34":
+        return [teacher.layer1, teacher.layer2, teacher.layer3, teacher.layer4]
+    return [m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def reset_generator(generator):
+    for m in generator.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+@register_synthesizer("cmi")
+class CMISynthesizer(PoolSynthesizer):
+    flags = frozenset({"adv", "bn", "oh", "cr", "cr_T", "lr_g", "g_steps", "cmi_init"})
+
+    def __init__(self, teacher, student, config, device):
+        super().__init__(teacher, student, config, device)
+        c = config
+        self.generator = Generator(nz=GENERATOR_NZ, ngf=64, img_size=c.img_size, nc=c.nc).to(device).train()
+        self.bn_hooks = register_bn_hooks(teacher)
+        self.feature_hooks = [InstanceMeanHook(m) for m in feature_modules(teacher, c.teacher)]
+        with torch.no_grad():
+            teacher.eval()
+            teacher(torch.zeros(1, c.nc, c.img_size, c.img_size, device=device))
+        dim = sum(h.features.shape[1] for h in self.feature_hooks)
+        self.head = ProjectionHead(dim, HEAD_DIM).to(device).train()
+        self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=c.lr_g)
+        self.bank = MemoryBank(BANK_SIZE, 2 * dim, device)
+        self.local_aug = nn.Sequential(
+            K.RandomResizedCrop(size=(c.img_size, c.img_size), scale=(0.25, 1.0)),
+            K.RandomHorizontalFlip(),
+            self.aug[-1],
+        )
+
+    def instance_features(self):
+        return torch.cat([h.features for h in self.feature_hooks], dim=1)
+
+    def contrastive_loss(self, local_feat, global_feat):
+        """InfoNCE over this batch plus negatives from the bank; the two parts are averaged separately."""
+        n = len(local_feat)
+        cached = self.bank.draw(NEGATIVES)
+        cached_local, cached_global = cached.chunk(2, dim=1)
+        proj = self.head(torch.cat([local_feat, cached_local, global_feat, cached_global]))
+        proj_local, proj_global = proj.chunk(2, dim=0)
+        losses = info_nce(proj_local, proj_global.detach(), self.config.cr_T)
+        if len(cached):
+            return losses[:n].mean() + losses[n:].mean()
+        return losses.mean()
+
+    def synthesize(self):
+        c = self.config
+        self.calls += 1
+        self.teacher.eval()
+        self.student.eval()
+        reset_generator(self.generator)
+        z = torch.randn(self.batch_size, GENERATOR_NZ, device=self.device, requires_grad=True)
+        targets = torch.randint(0, c.num_classes, (self.batch_size,), device=self.device).sort().values
+        optimizer = torch.optim.Adam([*self.generator.parameters(), z], lr=c.lr_g, betas=(0.5, 0.999))
+
+        best = BestBatch(self.device)
+        for _ in range(c.g_steps):
+            with self.precision.autocast():
+                images = self.generator(z)
+                global_view, local_view = self.aug(images), self.local_aug(images)
+                with hooks_active(self.bn_hooks):
+                    t_out = self.teacher(global_view)
+                global_feat = self.instance_features()
+                terms = {"bn": bn_loss(self.bn_hooks), "oh": F.cross_entropy(t_out, targets)}
+                if c.adv > 0:
+                    terms["adv"] = adversarial_kl(self.student(global_view), t_out)
+                features = {}
+                if c.cr > 0:  # the original's fast variant runs with --cr 0: no second view at all
+                    self.teacher(local_view)
+                    local_feat = self.instance_features()
+                    terms["cr"] = self.contrastive_loss(local_feat, global_feat)
+                    features["features"] = torch.cat([local_feat, global_feat], dim=1)
+                loss = (c.bn * terms["bn"] + c.oh * terms["oh"] + c.adv * terms.get("adv", 0.0)
+                        + c.cr * terms.get("cr", 0.0))
+            best.update(loss, images=images, **features, **{f"term_{k}": v for k, v in terms.items()})
+            optimizer.zero_grad(set_to_none=True)
+            self.head_optimizer.zero_grad(set_to_none=True)
+            self.precision.backward(loss, inputs=[z, *self.generator.parameters(), *self.head.parameters()])
+            self.precision.step(optimizer, self.head_optimizer)
+        self.student.train()
+        self.pool.add(best.values["images"])
+        if "features" in best.values:
+            self.bank.add(best.values["features"])
+        return {"images": best.values["images"], **best.report()}
+
+    def state_dict(self):
+        return {**super().state_dict(), "generator": self.generator.state_dict(), "head": self.head.state_dict(),
+                "head_optimizer": self.head_optimizer.state_dict(), "bank": self.bank.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.generator.load_state_dict(state["generator"])
+        self.head.load_state_dict(state["head"])
+        self.head_optimizer.load_state_dict(state["head_optimizer"])
+        self.bank.load_state_dict(state["bank"])

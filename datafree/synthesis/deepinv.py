@@ -1,0 +1,84 @@
+"""DeepInversion (Yin et al., CVPR 2020): pixels optimised directly against the teacher.
+
+Each call starts a batch from Gaussian noise (in normalised space) with sorted random
+labels and takes ``g_steps`` Adam steps (betas 0.5, 0.99) on the pixels, each on a randomly
+rolled (up to 1/8 of the size) and flipped view, minimising
+
+    bn * (teacher BN loss - 0.001 * student BN loss) + oh * CE(teacher, y)
+  + adv * -JS(student, teacher at T=3) + tv * total variation + l2 * ||x||_2.
+
+After each step the pixels are clipped to the valid normalised range. The best batch (a
+copy: the original kept a view of the tensor being optimised) goes to the pool.
+"""
+import torch
+import torch.nn.functional as F
+
+from datafree.criterions import jsdiv, l2_prior, total_variation
+from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
+
+from .base import BestBatch, PoolSynthesizer, register_synthesizer
+
+JITTER_FRACTION = 1 / 8
+ADV_TEMPERATURE = 3.0
+STUDENT_BN_WEIGHT = 0.001
+
+
+def jitter_and_flip(images):
+    """Roll by a random offset of up to 1/8 of each side, and flip horizontally half the time."""
+    lim_h, lim_w = int(images.shape[-2] * JITTER_FRACTION), int(images.shape[-1] * JITTER_FRACTION)
+    dh, dw = torch.randint(-lim_h, lim_h + 1, ()).item(), torch.randint(-lim_w, lim_w + 1, ()).item()
+    images = torch.roll(images, shifts=(dh, dw), dims=(2, 3))
+    if torch.rand(()) < 0.5:
+        images = torch.flip(images, dims=(3,))
+    return images
+
+
+@register_synthesizer("deepinv")
+class DeepInversionSynthesizer(PoolSynthesizer):
+    flags = frozenset({"adv", "bn", "oh", "tv", "l2", "lr_g", "g_steps", "cmi_init"})
+
+    def __init__(self, teacher, student, config, device):
+        super().__init__(teacher, student, config, device)
+        self.teacher_hooks = register_bn_hooks(teacher)
+        self.student_hooks = register_bn_hooks(student)
+        self.normalizer = self.aug[-1]
+
+    def synthesize(self):
+        c = self.config
+        self.calls += 1
+        self.teacher.eval()
+        self.student.eval()
+        shape = (self.batch_size, c.nc, c.img_size, c.img_size)
+        pixels = torch.randn(shape, device=self.device, requires_grad=True)
+        targets = torch.randint(0, c.num_classes, (self.batch_size,), device=self.device).sort().values
+        optimizer = torch.optim.Adam([pixels], lr=c.lr_g, betas=(0.5, 0.99))
+        low = self.normalizer(torch.zeros(1, c.nc, 1, 1, device=self.device))
+        high = self.normalizer(torch.ones(1, c.nc, 1, 1, device=self.device))
+
+        best = BestBatch(self.device)
+        with hooks_active(self.teacher_hooks + self.student_hooks):
+            for _ in range(c.g_steps):
+                with self.precision.autocast():
+                    view = jitter_and_flip(pixels)
+                    t_out = self.teacher(view)
+                    terms = {"oh": F.cross_entropy(t_out, targets)}
+                    if c.adv > 0:
+                        s_out = self.student(view)
+                        terms["adv"] = -jsdiv(s_out, t_out, T=ADV_TEMPERATURE)
+                        terms["bn"] = bn_loss(self.teacher_hooks) - STUDENT_BN_WEIGHT * bn_loss(self.student_hooks)
+                    else:
+                        terms["bn"] = bn_loss(self.teacher_hooks)
+                    terms["tv"] = total_variation(pixels)
+                    terms["l2"] = l2_prior(pixels)
+                    loss = (c.bn * terms["bn"] + c.oh * terms["oh"] + c.adv * terms.get("adv", 0.0)
+                            + c.tv * terms["tv"] + c.l2 * terms["l2"])
+                best.update(loss, pixels=pixels, **{f"term_{k}": v for k, v in terms.items()})
+                optimizer.zero_grad(set_to_none=True)
+                self.precision.backward(loss, inputs=[pixels])
+                self.precision.step(optimizer)
+                with torch.no_grad():
+                    pixels.copy_(torch.maximum(torch.minimum(pixels, high), low))
+        self.student.train()
+        images = self.normalizer.denormalize(best.values["pixels"]).clamp(0, 1)
+        self.pool.add(images)
+        return {"images": images, **best.report()}

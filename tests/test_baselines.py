@@ -1,0 +1,161 @@
+"""The baselines' loss terms against hand computations, and each method behind the interface."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+import registry
+from datafree.criterions import activation, class_balance, info_nce, jsdiv, kldiv, l2_prior, total_variation
+from datafree.synthesis import SYNTHESIZERS
+from datafree.synthesis.base import BestBatch
+from datafree.synthesis.cmi import MemoryBank
+from datafree.synthesis.generative import l1_logits
+
+
+def test_jsdiv_hand_computation():
+    s, t = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 2.0, 0.0]])
+    T = 3.0
+    p = [math.exp(v / T) for v in (1.0, 0.0, -1.0)]
+    p = [v / sum(p) for v in p]
+    q = [math.exp(v / T) for v in (0.0, 2.0, 0.0)]
+    q = [v / sum(q) for v in q]
+    clamp = lambda v: min(max(v, 0.01), 0.99)
+    m = [clamp(0.5 * (a + b)) for a, b in zip(p, q)]
+    expected = 0.5 * sum(mi * (math.log(mi) - math.log(clamp(pi))) for mi, pi in zip(m, p)) \
+        + 0.5 * sum(mi * (math.log(mi) - math.log(clamp(qi))) for mi, qi in zip(m, q))
+    assert jsdiv(s, t, T=T).item() == pytest.approx(expected, rel=1e-5)
+    assert jsdiv(t, t, T=T).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_total_variation_and_l2_priors():
+    img = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])
+    # right: |0-1|,|2-4| -> 1.5; down: |0-2|,|1-4| -> 2.5; anti-diagonal: |2-1| -> 1; diagonal: |0-4| -> 4
+    assert total_variation(img).item() == pytest.approx(1.5 + 2.5 + 1.0 + 4.0)
+    assert total_variation(torch.ones(2, 3, 5, 5)).item() == 0.0
+    assert l2_prior(img).item() == pytest.approx(math.sqrt(0 + 1 + 4 + 16))
+
+
+def test_class_balance_and_activation():
+    logits = torch.tensor([[10.0, -10.0], [-10.0, 10.0]])      # balanced batch: mean prob (0.5, 0.5)
+    assert class_balance(logits).item() == pytest.approx(math.log(0.5), rel=1e-4)
+    collapsed = torch.tensor([[10.0, -10.0], [10.0, -10.0]])   # one class: entropy 0
+    assert class_balance(collapsed).item() == pytest.approx(0.0, abs=1e-6)
+    assert class_balance(logits) < class_balance(collapsed)    # minimising it prefers balance
+    assert activation(torch.tensor([[1.0, -3.0], [0.5, 0.5]])).item() == pytest.approx(-5.0 / 4)
+
+
+def test_info_nce_with_a_known_bank():
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    bank = torch.tensor([[-1.0, 0.0]])
+    keys = torch.cat([queries, bank])                 # positives first, then the bank's negative
+    T = 0.5
+    losses = info_nce(queries, keys, T)
+    e = math.exp
+    expected0 = -math.log(e(1 / T) / (e(1 / T) + e(0) + e(-1 / T)))
+    expected1 = -math.log(e(1 / T) / (e(0) + e(1 / T) + e(0)))
+    assert losses.tolist() == pytest.approx([expected0, expected1], rel=1e-5)
+
+
+def test_memory_bank_ring_and_draw():
+    bank = MemoryBank(size=4, dim=2, device="cpu")
+    assert len(bank.draw(3)) == 0
+    bank.add(torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
+    assert sorted(bank.draw(10)[:, 0].tolist()) == [1.0, 2.0, 3.0]
+    bank.add(torch.tensor([[4.0, 4.0], [5.0, 5.0]]))            # wraps: 5 overwrites 1
+    assert sorted(bank.draw(10)[:, 0].tolist()) == [2.0, 3.0, 4.0, 5.0]
+    assert bank.ptr == 1 and bank.count == 5
+
+
+def test_l1_logits_for_dfad():
+    assert l1_logits(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 4.0]])).item() == pytest.approx(1.5)
+
+
+def test_best_batch_keeps_a_copy():
+    x = torch.zeros(2, requires_grad=False)
+    best = BestBatch("cpu")
+    best.update(torch.tensor(1.0), x=x)
+    x.add_(5.0)                                  # the tensor keeps changing, as pixels do
+    best.update(torch.tensor(2.0), x=x)          # worse: not taken
+    assert best.values["x"].tolist() == [0.0, 0.0]
+    best.update(torch.tensor(0.5), x=x)
+    assert best.values["x"].tolist() == [5.0, 5.0]
+
+
+def make_config(**overrides):
+    values = dict(num_classes=10, img_size=32, nc=3, mean=(0.5,) * 3, std=(0.25,) * 3, batch_size=8,
+                  synthesis_batch_size=8, fp16=False, T=4.0, adv=1.0, bn=1.0, oh=1.0, act=0.1, balance=1.0,
+                  tv=0.0, l2=0.0, cr=0.8, cr_T=0.2, cmi_init=None, lr_g=0.01, lr_z=0.01, g_steps=2,
+                  reset_l0=0, reset_bn=0, bn_mmt=0.0, is_maml=1, warmup=0, teacher="resnet8")
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+@pytest.mark.parametrize("method", sorted(SYNTHESIZERS))
+def test_every_method_synthesizes_samples_and_resumes(method):
+    torch.manual_seed(0)
+    teacher, student = registry.get_model("resnet8", 10).eval(), registry.get_model("resnet8", 10)
+    synth = SYNTHESIZERS[method](teacher, student, make_config(), torch.device("cpu"))
+    out = synth.synthesize()
+    assert out["images"].shape == (8, 3, 32, 32) and 0 <= out["images"].min() and out["images"].max() <= 1
+    assert all(math.isfinite(v) for k, v in out.items() if k.startswith("loss"))
+    assert synth.sample().shape == (8, 3, 32, 32)
+    twin = SYNTHESIZERS[method](teacher, student, make_config(), torch.device("cpu"))
+    twin.load_state_dict(synth.state_dict())
+    assert twin.calls == synth.calls == 1
+
+
+def test_deepinversion_pool_holds_the_best_step_not_the_last(monkeypatch):
+    torch.manual_seed(0)
+    teacher, student = registry.get_model("resnet8", 10).eval(), registry.get_model("resnet8", 10)
+    synth = SYNTHESIZERS["deepinv"](teacher, student, make_config(g_steps=3, lr_g=0.5), torch.device("cpu"))
+    seen = []
+    real_update = BestBatch.update
+
+    def spy(self, loss, **values):
+        seen.append((loss.item(), values["pixels"].detach().clone()))
+        real_update(self, loss, **values)
+
+    monkeypatch.setattr(BestBatch, "update", spy)
+    out = synth.synthesize()
+    best_loss, best_pixels = min(seen, key=lambda item: item[0])
+    expected = synth.normalizer.denormalize(best_pixels).clamp(0, 1)
+    assert torch.allclose(out["images"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["zskt", "dfad"])
+def test_adversarial_generator_moves_towards_disagreement(method):
+    """One generator step on the adversarial term raises the student-teacher divergence."""
+    torch.manual_seed(0)
+    teacher, student = registry.get_model("resnet8", 10).eval(), registry.get_model("resnet8", 10).eval()
+    config = make_config(bn=0.0, oh=0.0, act=0.0, balance=0.0, adv=1.0, g_steps=1, lr_g=0.05, batch_size=64,
+                         synthesis_batch_size=64)
+    synth = SYNTHESIZERS[method](teacher, student, config, torch.device("cpu"))
+    synth.generator.eval()                      # fixed BN statistics: compare like with like
+    z = torch.randn(64, synth.nz)
+
+    def divergence():
+        with torch.no_grad():
+            x = synth.normalizer(synth.generator(z))
+            return synth.divergence(student(x), teacher(x)).item()
+
+    before = divergence()
+    assert before > 0
+    loss, terms = synth.losses(synth.normalizer(synth.generator(z)))
+    assert terms["adv"].item() != 0.0
+    synth.optimizer.zero_grad()
+    loss.backward(inputs=list(synth.generator.parameters()))
+    synth.optimizer.step()
+    assert divergence() > before
+
+
+def test_generative_sampling_counts_as_synthesis():
+    assert SYNTHESIZERS["dafl"].sampling_is_synthesis and not SYNTHESIZERS["fast_meta"].sampling_is_synthesis
+    assert SYNTHESIZERS["dafl"].nz == 512 and SYNTHESIZERS["dfq"].nz == 256
+    s, t = torch.randn(4, 10), torch.randn(4, 10)
+    dfad = SYNTHESIZERS["dfad"].__new__(SYNTHESIZERS["dfad"])
+    assert dfad.kd_loss(s, t).item() == pytest.approx(l1_logits(s, t).item())
+    zskt = SYNTHESIZERS["zskt"].__new__(SYNTHESIZERS["zskt"])
+    zskt.config = SimpleNamespace(T=4.0)
+    assert zskt.kd_loss(s, t).item() == pytest.approx(kldiv(s, t, T=4.0).item())
