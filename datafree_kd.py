@@ -25,7 +25,7 @@ from datafree.checkpoint import load_weights, save_checkpoint
 from datafree.engine import distill_steps, evaluate
 from datafree.errors import CheckpointError, UsageError
 from datafree.precision import Precision
-from datafree.synthesis import SYNTHESIZERS
+from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer
 from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, run_cli
 from datafree.utils.logger import RunLogger
 from datafree.utils.misc import rng_state, set_rng_state
@@ -138,6 +138,8 @@ def check_args(args, parser):
             raise UsageError(f"--{flag} is not used by method '{args.method}' ({where}); drop it")
     if args.kd_steps <= 0 or args.ep_steps < args.kd_steps:
         raise UsageError(f"--kd_steps ({args.kd_steps}) must be positive and at most --ep_steps ({args.ep_steps})")
+    if args.save_pool and not issubclass(SYNTHESIZERS[args.method], PoolSynthesizer):
+        raise UsageError(f"--save_pool needs a synthetic pool, but method '{args.method}' samples its generator instead")
     if not 0 <= args.warmup < args.epochs:
         raise UsageError(f"--warmup ({args.warmup}) must be at least 0 and below --epochs ({args.epochs})")
 
@@ -200,7 +202,7 @@ def main(argv=None):
         logger.info(f"Best acc@1: {run['best_acc1']:.2f}  synthesis cost: {hours:.4f} h "
                     f"({run['synthesis_seconds']:.1f} s)  KD: {run['kd_seconds']:.1f} s  "
                     f"total wall: {run['wall_seconds']:.1f} s  (run folder: {args.output})")
-        if args.save_pool and hasattr(synthesizer, "pool"):
+        if args.save_pool:
             synthesizer.pool.save_png(args.save_dir)
             logger.info(f"wrote {len(synthesizer.pool)} pool images to {args.save_dir}")
     finally:

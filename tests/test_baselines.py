@@ -4,7 +4,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn as nn
 
 import registry
 from datafree.criterions import activation, class_balance, info_nce, jsdiv, kldiv, l2_prior, total_variation

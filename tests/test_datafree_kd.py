@@ -135,6 +135,9 @@ def test_config_file_with_command_line_override(teacher_file, in_tmp_cwd):
     (["--method", "fast", "--is_maml", "0"], "--is_maml is not used by method 'fast'"),
     (["--method", "fast_meta", "--cr", "0.8"], "--cr is not used by method 'fast_meta'"),
     (["--method", "fast_meta", "--kd_steps", "10", "--ep_steps", "5"], "at most --ep_steps"),
+    (["--method", "fast", "--tv", "1e-4"], "--tv is not used by method 'fast' \\(it applies to: deepinv\\)"),
+    (["--method", "zskt", "--save_pool"], "--save_pool needs a synthetic pool"),
+    (["--method", "fast", "--warmup", "5", "--epochs", "5"], "must be at least 0 and below --epochs"),
 ])
 def test_impossible_flags(argv, message):
     with pytest.raises(UsageError, match=message):

@@ -114,6 +114,8 @@ def test_vanilla_kd_teacher_errors(in_tmp_cwd):
     ("train_scratch.py", ["--model", "resnet8", "--gpu", "0", "--epochs", "1", "--output", "o"],
      "CUDA is not available"),
     ("vanilla_kd.py", ["--teacher", "resnet20", "--gpu", "-1"], "teacher checkpoint"),
+    ("datafree_kd.py", ["--method", "nope"], "invalid choice: 'nope'"),
+    ("datafree_kd.py", ["--method", "fast", "--cr", "0.5"], "--cr is not used by method 'fast'"),
 ])
 def test_cli_errors_are_one_clear_line(tmp_path, script, args, message):
     if "CUDA" in message and torch.cuda.is_available():
