@@ -102,7 +102,24 @@ def test_every_method_synthesizes_samples_and_resumes(method):
     assert synth.sample().shape == (8, 3, 32, 32)
     twin = SYNTHESIZERS[method](teacher, student, make_config(), torch.device("cpu"))
     twin.load_state_dict(synth.state_dict())
+    assert_same_state(twin.state_dict(), synth.state_dict())
     assert twin.calls == synth.calls == 1
+
+
+def assert_same_state(a, b, path="state"):
+    """Every tensor and number of two nested state dicts is equal."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.equal(a.cpu(), b.cpu()), path
+    else:
+        assert a == b, path
 
 
 def test_deepinversion_pool_holds_the_best_step_not_the_last(monkeypatch):
