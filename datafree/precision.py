@@ -26,6 +26,12 @@ class Precision:
         if self.scaler.is_enabled():
             self.scaler.unscale_(optimizer)
 
+    def grads_finite(self, params):
+        """False if a gradient overflowed under float16 scaling (the scaler then skips the step)."""
+        if not self.scaler.is_enabled():
+            return True
+        return all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+
     def step(self, *optimizers):
         """Step every optimizer (skipped together on overflow), then update the scale."""
         for optimizer in optimizers:

@@ -99,7 +99,8 @@ class FastSynthesizer(PoolSynthesizer):
                 optimizer.zero_grad(set_to_none=True)
                 self.precision.backward(loss, inputs=[z, *fast_generator.parameters()])
                 self.precision.unscale(optimizer)
-                if self.meta is not None:
+                # An overflowed float16 step is skipped by the scaler; keep it out of the meta-gradient too.
+                if self.meta is not None and self.precision.grads_finite(fast_generator.parameters()):
                     self.meta.after_inner_backward(fast_generator)
                 self.precision.step(optimizer)
         if c.bn_mmt > 0:
