@@ -8,6 +8,24 @@ import copy
 import torch.nn as nn
 
 
+def reset_bn_affine(generator):
+    """Re-initialise every BatchNorm's affine parameters: weight N(1, 0.02), bias 0."""
+    for m in generator.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def reinitialize(generator):
+    """DCGAN-style re-initialisation of a whole generator: weights N(0, 0.02), zero biases, BN N(1, 0.02)."""
+    for m in generator.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    reset_bn_affine(generator)
+
+
 class Generator(nn.Module):
     """Linear projection to (2*ngf, s/4, s/4), then two upsampling conv blocks.
 

@@ -22,7 +22,7 @@ from kornia import augmentation as K
 
 from datafree.criterions import adversarial_kl, info_nce
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
-from datafree.models.generator import Generator
+from datafree.models.generator import Generator, reinitialize
 
 from .base import BestBatch, PoolSynthesizer, register_synthesizer
 
@@ -92,17 +92,6 @@ def feature_modules(teacher, teacher_name):
     return [m for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
 
 
-def reset_generator(generator):
-    for m in generator.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-
-
 @register_synthesizer("cmi")
 class CMISynthesizer(PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "cr", "cr_T", "lr_g", "g_steps", "cmi_init"})
@@ -146,7 +135,7 @@ class CMISynthesizer(PoolSynthesizer):
         self.calls += 1
         self.teacher.eval()
         self.student.eval()
-        reset_generator(self.generator)
+        reinitialize(self.generator)
         z = torch.randn(self.batch_size, GENERATOR_NZ, device=self.device, requires_grad=True)
         targets = torch.randint(0, c.num_classes, (self.batch_size,), device=self.device).sort().values
         optimizer = torch.optim.Adam([*self.generator.parameters(), z], lr=c.lr_g, betas=(0.5, 0.999))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from datafree.criterions import adversarial_kl
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
-from datafree.models.generator import Generator
+from datafree.models.generator import Generator, reset_bn_affine
 
 from .base import BestBatch, PoolSynthesizer, register_synthesizer
 from .meta import FirstOrderMAML, Reptile
@@ -35,13 +35,6 @@ def reset_first_layers(generator):
     for layer in (generator.l1[0], generator.conv_blocks[0]):
         nn.init.normal_(layer.weight, 0.0, 0.02)
         nn.init.zeros_(layer.bias)
-
-
-def reset_bn_affine(generator):
-    for m in generator.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
 
 
 @register_synthesizer("fast")
