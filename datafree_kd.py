@@ -21,14 +21,14 @@ import yaml
 from torchvision.utils import make_grid, save_image
 
 import registry
-from datafree.checkpoint import load_weights, save_checkpoint
-from datafree.engine import distill_steps, evaluate
+from datafree.checkpoint import save_checkpoint
+from datafree.engine import distill_steps, evaluate, resume_training
 from datafree.errors import CheckpointError, UsageError
 from datafree.precision import Precision
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer
 from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, run_cli
 from datafree.utils.logger import RunLogger
-from datafree.utils.misc import rng_state, set_rng_state
+from datafree.utils.misc import rng_state
 
 # Flags that belong to particular methods; setting one away from its default for a method
 # that ignores it is an error.
@@ -178,17 +178,14 @@ def main(argv=None):
 
     run = {"epoch": 0, "best_acc1": 0.0, "synthesis_seconds": 0.0, "kd_seconds": 0.0, "wall_seconds": 0.0}
     if resume_path:
-        ckpt = load_weights(student, resume_path, args.student, map_location=device)
+        ckpt = resume_training(resume_path, student, args.student, optimizer, scheduler, device)
         if "synthesizer" not in ckpt:
             raise CheckpointError(f"{resume_path} is not a datafree_kd.py run checkpoint; resume from its last.pth")
         if ckpt.get("method") != args.method:
             raise CheckpointError(f"{resume_path} was written by method '{ckpt.get('method')}', not '{args.method}'")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
         synthesizer.load_state_dict(ckpt["synthesizer"])
         precision.load_state_dict(ckpt.get("precision"))
         run.update({k: ckpt[k] for k in run})
-        set_rng_state(ckpt["rng"])
     if args.start_epoch is not None:
         run["epoch"] = args.start_epoch
 

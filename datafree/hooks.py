@@ -20,7 +20,6 @@ class BNStatsHook:
     """
 
     def __init__(self, module, momentum=0.0):
-        self.module = module
         self.momentum = momentum
         self.ema_mean = self.ema_var = None   # (C,) each, once update_momentum has run
         self.loss = None

@@ -16,9 +16,8 @@ def quantize(images):
 
 
 class ImagePool:
-    def __init__(self, device, max_size=None):
+    def __init__(self, device):
         self.device = torch.device(device)
-        self.max_size = max_size
         self._data = None      # (capacity, C, H, W) uint8; the first `size` rows are used
         self.size = 0
         self._perm = None

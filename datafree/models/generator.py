@@ -8,6 +8,11 @@ import copy
 import torch.nn as nn
 
 
+# The original release's generator size for every 32x32 method (DAFL alone uses nz 512).
+DEFAULT_NZ = 256
+DEFAULT_NGF = 64
+
+
 def reset_bn_affine(generator):
     """Re-initialise every BatchNorm's affine parameters: weight N(1, 0.02), bias 0."""
     for m in generator.modules():

@@ -100,9 +100,9 @@ class BestBatch:
         loss = loss.detach().float()
         better = loss < self.loss
         self.loss = torch.where(better, loss, self.loss)
-        values = {k: v.detach().float().clone() for k, v in values.items()}
-        if self.values is None:
-            self.values = values
+        values = {k: v.detach().float() for k, v in values.items()}
+        if self.values is None:  # a copy: the tensors may keep changing in place (DeepInversion's pixels)
+            self.values = {k: v.clone() for k, v in values.items()}
         else:
             self.values = {k: torch.where(better, v, self.values[k]) for k, v in values.items()}
 

@@ -22,11 +22,10 @@ from kornia import augmentation as K
 
 from datafree.criterions import adversarial_kl, info_nce
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
-from datafree.models.generator import Generator, reinitialize
+from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator, reinitialize
 
 from .base import BestBatch, PoolSynthesizer, register_synthesizer
 
-GENERATOR_NZ = 256
 BANK_SIZE = 40960
 NEGATIVES = 4096
 HEAD_DIM = 256
@@ -99,7 +98,7 @@ class CMISynthesizer(PoolSynthesizer):
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
         c = config
-        self.generator = Generator(nz=GENERATOR_NZ, ngf=64, img_size=c.img_size, nc=c.nc).to(device).train()
+        self.generator = Generator(nz=DEFAULT_NZ, ngf=DEFAULT_NGF, img_size=c.img_size, nc=c.nc).to(device).train()
         self.bn_hooks = register_bn_hooks(teacher)
         self.feature_hooks = [InstanceMeanHook(m) for m in feature_modules(teacher, c.teacher)]
         with torch.no_grad():
@@ -136,7 +135,7 @@ class CMISynthesizer(PoolSynthesizer):
         self.teacher.eval()
         self.student.eval()
         reinitialize(self.generator)
-        z = torch.randn(self.batch_size, GENERATOR_NZ, device=self.device, requires_grad=True)
+        z = torch.randn(self.batch_size, DEFAULT_NZ, device=self.device, requires_grad=True)
         targets = torch.randint(0, c.num_classes, (self.batch_size,), device=self.device).sort().values
         optimizer = torch.optim.Adam([*self.generator.parameters(), z], lr=c.lr_g, betas=(0.5, 0.999))
 

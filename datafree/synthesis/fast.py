@@ -18,13 +18,11 @@ import torch.nn.functional as F
 
 from datafree.criterions import adversarial_kl
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
-from datafree.models.generator import Generator, reset_bn_affine
+from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator, reset_bn_affine
 
 from .base import BestBatch, PoolSynthesizer, register_synthesizer
 from .meta import FirstOrderMAML, Reptile
 
-GENERATOR_NZ = 256
-GENERATOR_NGF = 64
 # The original re-initialises the generator's first layers once, at this many synthesis
 # calls after the warmup.
 RESET_AFTER_WARMUP = 120
@@ -45,7 +43,7 @@ class FastSynthesizer(PoolSynthesizer):
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
         c = config
-        self.generator = Generator(nz=GENERATOR_NZ, ngf=GENERATOR_NGF, img_size=c.img_size, nc=c.nc).to(device)
+        self.generator = Generator(nz=DEFAULT_NZ, ngf=DEFAULT_NGF, img_size=c.img_size, nc=c.nc).to(device)
         self.generator.train()
         self.hooks = register_bn_hooks(teacher, c.bn_mmt)
         self.meta = None
@@ -75,7 +73,7 @@ class FastSynthesizer(PoolSynthesizer):
             if c.reset_bn:
                 reset_bn_affine(self.generator)
 
-        z = torch.randn(self.batch_size, GENERATOR_NZ, device=self.device, requires_grad=True)
+        z = torch.randn(self.batch_size, DEFAULT_NZ, device=self.device, requires_grad=True)
         targets = torch.randint(0, c.num_classes, (self.batch_size,), device=self.device)
         fast_generator = self.generator.clone() if self.meta is not None else self.generator
         optimizer = torch.optim.Adam([{"params": fast_generator.parameters()},

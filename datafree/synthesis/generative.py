@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from datafree.augment import Normalizer
 from datafree.criterions import activation, class_balance, kldiv
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
-from datafree.models.generator import Generator
+from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator
 
 from .base import BaseSynthesizer, register_synthesizer
 
@@ -33,12 +33,12 @@ def l1_logits(student_logits, teacher_logits):
 class GenerativeSynthesizer(BaseSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "act", "balance", "lr_g", "g_steps"})
     sampling_is_synthesis = True
-    nz = 256
+    nz = DEFAULT_NZ
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
         c = config
-        self.generator = Generator(nz=self.nz, ngf=64, img_size=c.img_size, nc=c.nc).to(device).train()
+        self.generator = Generator(nz=self.nz, ngf=DEFAULT_NGF, img_size=c.img_size, nc=c.nc).to(device).train()
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=c.lr_g, betas=(0.5, 0.999))
         self.normalizer = Normalizer(c.mean, c.std).to(device)
         self.hooks = register_bn_hooks(teacher) if c.bn > 0 else []
