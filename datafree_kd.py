@@ -9,6 +9,7 @@ synthesis cost in hours, as the paper does, beside the total wall time.
     python datafree_kd.py --method fast_meta --dataset cifar10 --teacher wrn40_2 --student wrn16_1 \\
         --batch_size 256 --lr 0.2 --kd_steps 400 --ep_steps 400 --adv 1.1 --bn 10.0 --oh 0.4 --T 20 \\
         --bn_mmt 0.9 --warmup 20 --epochs 220 --g_steps 5 --lr_z 0.01 --lr_g 3e-3 --is_maml 1 --reset_l0 1
+    torchrun --nproc_per_node=8 datafree_kd.py --method fast_meta_imagenet ...   # several GPUs, see README
 """
 import argparse
 import os
@@ -21,19 +22,20 @@ import yaml
 from torchvision.utils import make_grid, save_image
 
 import registry
+from datafree import distributed
 from datafree.checkpoint import save_checkpoint
 from datafree.engine import distill_steps, evaluate, resume_training
 from datafree.errors import CheckpointError, UsageError
-from datafree.precision import Precision
+from datafree.pool import ImagePool
+from datafree.precision import MODES as PRECISIONS, Precision
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer
 from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, run_cli
-from datafree.utils.logger import RunLogger
-from datafree.utils.misc import rng_state
+from datafree.utils.misc import rng_state, set_rng_state
 
 # Flags that belong to particular methods; setting one away from its default for a method
 # that ignores it is an error.
 METHOD_FLAGS = ("adv", "bn", "oh", "act", "balance", "tv", "l2", "cr", "cr_T", "cmi_init", "lr_g", "lr_z",
-                "g_steps", "reset_l0", "reset_bn", "bn_mmt", "is_maml")
+                "g_steps", "reset_l0", "reset_bn", "bn_mmt", "is_maml", "lr_g_meta", "lr_z_meta", "reinit", "rand_label")
 
 
 def build_parser():
@@ -62,6 +64,15 @@ def build_parser():
                        help="also re-initialise the generator's BN affine parameters then")
     synth.add_argument("--bn_mmt", default=0.0, type=float, help="momentum of the BN statistics (0: off)")
     synth.add_argument("--is_maml", default=1, type=int, help="meta-gradient: 1 first-order MAML, 0 Reptile")
+    synth.add_argument("--lr_g_meta", default=1e-4, type=float,
+                       help="fast_meta_imagenet: meta learning rate of the generator")
+    synth.add_argument("--lr_z_meta", default=5e-3, type=float,
+                       help="fast_meta_imagenet: meta learning rate of the persistent latents z")
+    synth.add_argument("--reinit", default=0, type=int,
+                       help="fast_meta_imagenet: draw new z and restart the meta optimiser every N synthesis "
+                            "calls (0: never)")
+    synth.add_argument("--rand_label", default=1, type=int,
+                       help="fast_meta_imagenet: 1 new random targets every call, 0 one fixed target per latent")
     synth.add_argument("--synthesis_batch_size", default=None, type=int,
                        help="images per synthesis call (default: --batch_size)")
     synth.add_argument("--save_dir", default="run/synthesis", help="folder for --save_pool")
@@ -78,13 +89,15 @@ def build_parser():
     kd.add_argument("--data_root", default="./data")
     kd.add_argument("--download", action="store_true", help="let torchvision download the test data")
     kd.add_argument("--lr", default=0.1, type=float, help="student learning rate (cosine to 2e-4)")
+    kd.add_argument("--lr_decay_milestones", default="", metavar="E1,E2,...",
+                    help="step schedule instead of cosine: lr x 0.1 at these KD epochs (counted after warmup)")
     kd.add_argument("--T", default=1.0, type=float, help="KD temperature")
     kd.add_argument("--epochs", default=200, type=int)
     kd.add_argument("--kd_steps", default=400, type=int, help="KD steps after each synthesis call")
     kd.add_argument("--ep_steps", default=400, type=int, help="KD steps per epoch")
     kd.add_argument("--warmup", default=0, type=int, help="epochs of synthesis only, before KD starts")
     kd.add_argument("--batch_size", "--batch-size", "-b", dest="batch_size", default=128, type=int,
-                    help="KD batch size")
+                    help="KD batch size; under torchrun the total over the GPUs of one node")
     kd.add_argument("--momentum", default=0.9, type=float)
     kd.add_argument("--wd", "--weight_decay", dest="weight_decay", default=1e-4, type=float)
 
@@ -98,7 +111,12 @@ def build_parser():
     run.add_argument("--start_epoch", default=None, type=int, help="override the epoch to start from")
     run.add_argument("--gpu", default=None, type=int, help="GPU index; -1 for the CPU (default: GPU 0 if any)")
     run.add_argument("--fp16", action="store_true",
-                     help="mixed precision: float16 + gradient scaling on CUDA, bfloat16 on the CPU")
+                     help="mixed precision: float16 + gradient scaling on CUDA, bfloat16 on the CPU (= --precision fp16)")
+    run.add_argument("--precision", default=None, choices=PRECISIONS,
+                     help="fp32 (default), fp16 (as --fp16) or bf16 (bfloat16 autocast on any device, no scaler)")
+    run.add_argument("--channels_last", action="store_true", help="channels-last memory format for the networks")
+    run.add_argument("--dist_backend", default=None, choices=["nccl", "gloo"],
+                     help="torchrun only: process-group backend (default: nccl on GPUs, gloo on the CPU)")
     run.add_argument("--seed", default=0, type=int)
     run.add_argument("--log_tag", default="")
     run.add_argument("-j", "--workers", default=0, type=int, help="loader workers for the test set")
@@ -142,11 +160,57 @@ def check_args(args, parser):
         raise UsageError(f"--save_pool needs a synthetic pool, but method '{args.method}' samples its generator instead")
     if not 0 <= args.warmup < args.epochs:
         raise UsageError(f"--warmup ({args.warmup}) must be at least 0 and below --epochs ({args.epochs})")
+    if args.fp16 and args.precision not in (None, "fp16"):
+        raise UsageError(f"--fp16 means --precision fp16, which contradicts --precision {args.precision}; drop one")
+    args.precision = args.precision or ("fp16" if args.fp16 else "fp32")
+    milestones(args)
+    if distributed.launched_by_torchrun() and not SYNTHESIZERS[args.method].distributed_ready:
+        ready = sorted(name for name, cls in SYNTHESIZERS.items() if cls.distributed_ready)
+        raise UsageError(f"method '{args.method}' cannot run under torchrun yet (its generator would drift apart "
+                         f"between the processes); run it in one process, or use one of: {', '.join(ready)}")
+
+
+def milestones(args):
+    """The epochs of --lr_decay_milestones as a list of ints ([] for the cosine schedule)."""
+    try:
+        values = [int(m) for m in str(args.lr_decay_milestones).split(",") if m.strip()]
+    except ValueError:
+        raise UsageError(f"--lr_decay_milestones '{args.lr_decay_milestones}' must be comma-separated "
+                         f"epochs, e.g. 120,150,180") from None
+    if values != sorted(values) or any(v <= 0 for v in values):
+        raise UsageError(f"--lr_decay_milestones '{args.lr_decay_milestones}' must be increasing positive epochs")
+    return values
+
+
+def build_scheduler(args, optimizer):
+    """Cosine over the KD epochs down to 2e-4, or x0.1 steps at --lr_decay_milestones."""
+    steps = milestones(args)
+    if steps:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=steps, gamma=0.1)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs - args.warmup, eta_min=2e-4)
 
 
 def synthesizer_config(args, num_classes, image_shape):
-    return SimpleNamespace(**vars(args), num_classes=num_classes, nc=image_shape[0], img_size=image_shape[-1],
-                           **registry.NORMALIZE_DICT[args.dataset])
+    """The synthesizer's view of the run; batch sizes are this process's share under torchrun."""
+    config = SimpleNamespace(**vars(args), num_classes=num_classes, nc=image_shape[0], img_size=image_shape[-1],
+                             **registry.NORMALIZE_DICT[args.dataset])
+    config.batch_size = distributed.per_process(args.batch_size)
+    config.synthesis_batch_size = distributed.per_process(args.synthesis_batch_size, "--synthesis_batch_size")
+    return config
+
+
+def restore_rank_state(ckpt, path, synthesizer):
+    """Under torchrun, rank k > 0 takes back its own pool, latents and random stream."""
+    world = distributed.get_world_size()
+    if ckpt.get("world_size", 1) != world:
+        raise CheckpointError(f"{path} was written by a run of {ckpt.get('world_size', 1)} process(es) and this run "
+                              f"has {world}; resume it with the same number of processes (each holds its own "
+                              f"share of the synthetic pool)")
+    rank = distributed.get_rank()
+    if rank > 0:
+        own = ckpt["rank_states"][rank - 1]
+        synthesizer.load_state_dict(own["synthesizer"])
+        set_rng_state(own["rng"])
 
 
 def now(device):
@@ -161,6 +225,7 @@ def main(argv=None):
 
     num_classes, _, val_set = registry.get_dataset(args.dataset, args.data_root, args.download)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(args.batch_size, 256), shuffle=False,
+                                             sampler=distributed.eval_sampler(val_set),
                                              num_workers=args.workers, pin_memory=device.type == "cuda")
     student = registry.get_model(args.student, num_classes).to(device)
     if args.evaluate_only:
@@ -169,12 +234,19 @@ def main(argv=None):
                            args.dataset, args.teacher, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    if args.channels_last:
+        student.to(memory_format=torch.channels_last)
+        teacher.to(memory_format=torch.channels_last)
 
     config = synthesizer_config(args, num_classes, tuple(val_set[0][0].shape))
     synthesizer = SYNTHESIZERS[args.method](teacher, student, config, device)
+    if args.channels_last and hasattr(synthesizer, "generator"):
+        synthesizer.generator.to(memory_format=torch.channels_last)
+    distributed.seed_per_rank(args.seed)          # models are built alike; now each rank its own stream
+    kd_student = distributed.wrap_ddp(student, device)
     optimizer = torch.optim.SGD(student.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs - args.warmup, eta_min=2e-4)
-    precision = Precision(device, args.fp16)
+    scheduler = build_scheduler(args, optimizer)
+    precision = Precision(device, args.precision)
 
     run = {"epoch": 0, "best_acc1": 0.0, "synthesis_seconds": 0.0, "kd_seconds": 0.0, "wall_seconds": 0.0}
     if resume_path:
@@ -184,30 +256,45 @@ def main(argv=None):
         if ckpt.get("method") != args.method:
             raise CheckpointError(f"{resume_path} was written by method '{ckpt.get('method')}', not '{args.method}'")
         synthesizer.load_state_dict(ckpt["synthesizer"])
+        restore_rank_state(ckpt, resume_path, synthesizer)
         precision.load_state_dict(ckpt.get("precision"))
         run.update({k: ckpt[k] for k in run})
     if args.start_epoch is not None:
         run["epoch"] = args.start_epoch
 
-    logger = RunLogger(args.output, f"datafree-{args.method}")
+    logger = distributed.make_logger(args.output, f"datafree-{args.method}")
     try:
         logger.args(args)
         if resume_path:
             logger.info(f"resumed from {resume_path} at epoch {run['epoch']} (best acc@1 {run['best_acc1']:.2f})")
-        train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger)
+        train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger,
+              kd_student)
         hours = run["synthesis_seconds"] / 3600
         logger.info(f"Best acc@1: {run['best_acc1']:.2f}  synthesis cost: {hours:.4f} h "
                     f"({run['synthesis_seconds']:.1f} s)  KD: {run['kd_seconds']:.1f} s  "
                     f"total wall: {run['wall_seconds']:.1f} s  (run folder: {args.output})")
         if args.save_pool:
-            synthesizer.pool.save_png(args.save_dir)
-            logger.info(f"wrote {len(synthesizer.pool)} pool images to {args.save_dir}")
+            save_pool(synthesizer.pool, args.save_dir, logger)
     finally:
         logger.close()
     return dict(run)
 
 
-def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger):
+def save_pool(pool, folder, logger):
+    """Write the pool as PNG files (rank 0 writes every rank's share)."""
+    shares = distributed.gather_to_main(pool.images)
+    if distributed.is_main_process():
+        if len(shares) > 1:
+            pool = ImagePool("cpu")
+            pool.load_state_dict({"images": torch.cat(shares), "perm": None, "pos": 0})
+        pool.save_png(folder)
+        logger.info(f"wrote {len(pool)} pool images to {folder}")
+
+
+def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger,
+          kd_student=None):
+    """The epoch loop; ``kd_student`` is the student as trained (DistributedDataParallel under torchrun)."""
+    kd_student = kd_student or student
     rounds = args.ep_steps // args.kd_steps
     sampling_is_synthesis = synthesizer.sampling_is_synthesis
     for epoch in range(run["epoch"], args.epochs):
@@ -220,7 +307,7 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
             phase["synthesis"] += now(device) - tic
             if epoch >= args.warmup:
                 tic = now(device)
-                kd_loss, sample_seconds = distill_steps(synthesizer, student, teacher, optimizer, precision,
+                kd_loss, sample_seconds = distill_steps(synthesizer, kd_student, teacher, optimizer, precision,
                                                         args.kd_steps)
                 kd_seconds = now(device) - tic
                 moved = sample_seconds if sampling_is_synthesis else 0.0
@@ -240,21 +327,29 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
         run["synthesis_seconds"] += phase["synthesis"]
         run["kd_seconds"] += phase["kd"]
         run["epoch"] = epoch + 1
-        grid = make_grid(syn_out["images"][:64].float().cpu(), nrow=8)
-        save_image(grid, os.path.join(args.output, "synthetic.png"))
-        logger.writer.add_image("synthetic", grid, epoch)
+        if distributed.is_main_process():
+            grid = make_grid(syn_out["images"][:64].float().cpu(), nrow=8)
+            save_image(grid, os.path.join(args.output, "synthetic.png"))
+            logger.writer.add_image("synthetic", grid, epoch)
         losses = {k: v for k, v in syn_out.items() if k.startswith("loss")}
         logger.scalars({"acc1": stats["acc1"], "acc5": stats["acc5"], "loss": stats["loss"]}, epoch, "val/")
         logger.scalars({"kd_loss": kd_loss, "lr": lr, **{f"{k}_seconds": v for k, v in phase.items()}},
                        epoch, "train/")
         logger.scalars(losses, epoch, "synthesis/")
         run["wall_seconds"] += now(device) - epoch_start
-        state = {"state_dict": student.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "synthesizer": synthesizer.state_dict(),
-                 "precision": precision.state_dict(), "rng": rng_state(), "arch": args.student,
-                 "num_classes": synthesizer.config.num_classes, "dataset": args.dataset, "teacher": args.teacher,
-                 "method": args.method, "args": {k: v for k, v in vars(args).items()}, **run}
-        save_checkpoint(state, args.output, is_best)
+        own = {"synthesizer": synthesizer.state_dict(), "rng": rng_state()}
+        shards = {}
+        if distributed.get_world_size() > 1:   # every rank's own pool, latents and random state go to rank 0
+            gathered = distributed.gather_to_main(own)
+            if gathered is not None:
+                shards = {"world_size": len(gathered), "rank_states": gathered[1:]}
+        if distributed.is_main_process():
+            state = {"state_dict": student.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "synthesizer": own["synthesizer"],
+                     "precision": precision.state_dict(), "rng": own["rng"], "arch": args.student,
+                     "num_classes": synthesizer.config.num_classes, "dataset": args.dataset, "teacher": args.teacher,
+                     "method": args.method, "args": {k: v for k, v in vars(args).items()}, **run, **shards}
+            save_checkpoint(state, args.output, is_best)
         phase["output"] = now(device) - tic
         logger.info(
             f"[Eval] epoch={epoch} acc@1={stats['acc1']:.2f} acc@5={stats['acc5']:.2f} loss={stats['loss']:.4f} "

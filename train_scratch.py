@@ -13,6 +13,7 @@ import sys
 import torch.nn.functional as F
 
 import registry
+from datafree import distributed
 from datafree.checkpoint import atomic_save, load_checkpoint
 from datafree.errors import UsageError
 from datafree.utils.cli import (add_data_args, add_optim_args, add_run_args, default_teacher_ckpt, make_loaders,
@@ -48,16 +49,17 @@ def main(argv=None):
 
     num_classes, train_set, val_set = registry.get_dataset(args.dataset, args.data_root, args.download)
     model = registry.get_model(args.model, num_classes).to(device)
-    train_loader, val_loader = make_loaders(train_set, val_set, args.batch_size, args.workers, device)
+    train_loader, val_loader = make_loaders(train_set, val_set, args.batch_size, args.workers, device, seed=args.seed)
+    trained = distributed.wrap_ddp(model, device)   # DistributedDataParallel under torchrun
 
     def loss_fn(images, targets):
-        logits = model(images)
+        logits = trained(images)
         return F.cross_entropy(logits, targets), logits
 
     extra = {"arch": args.model, "num_classes": num_classes, "dataset": args.dataset, "args": vars(args).copy()}
     result = run_training(args, model, train_loader, val_loader, loss_fn, device, resume_path,
                           run_name="scratch", checkpoint_extra=extra)
-    if not args.evaluate_only:
+    if not args.evaluate_only and distributed.is_main_process():
         # Published only once training is complete, so the file never holds a half-trained teacher.
         best = load_checkpoint(os.path.join(args.output, "best.pth"))
         atomic_save({k: best[k] for k in TEACHER_KEYS}, args.save_teacher)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import registry
+from datafree import distributed
 from datafree.criterions import kldiv
 from datafree.datasets import UnlabeledImageFolder
 from datafree.errors import UsageError
@@ -73,12 +74,13 @@ def main(argv=None):
     if not args.evaluate_only:
         teacher = load_teacher(registry.get_model(args.teacher, num_classes), args.teacher_ckpt,
                                args.dataset, args.teacher, device)
-    train_loader, val_loader = make_loaders(transfer_set, val_set, args.batch_size, args.workers, device)
+    train_loader, val_loader = make_loaders(transfer_set, val_set, args.batch_size, args.workers, device, seed=args.seed)
+    trained = distributed.wrap_ddp(student, device)   # DistributedDataParallel under torchrun
 
     def loss_fn(images, targets):
         with torch.no_grad():
             teacher_logits = teacher(images)
-        logits = student(images)
+        logits = trained(images)
         loss = args.alpha * kldiv(logits, teacher_logits, T=args.T)
         if args.beta > 0:
             loss = loss + args.beta * F.cross_entropy(logits, targets)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from datafree import distributed
 from datafree.checkpoint import load_weights, save_checkpoint
 from datafree.errors import CheckpointError
 from datafree.utils.misc import rng_state, set_rng_state
@@ -36,6 +37,8 @@ def evaluate(model, loader, device):
         c1, c5 = topk_correct(logits, targets)
         correct1, correct5, count = correct1 + c1, correct5 + c5, count + targets.numel()
     model.train(was_training)
+    # Under torchrun each rank saw its shard of the loader: sum the counts over the ranks.
+    correct1, correct5, loss_sum, count = distributed.all_reduce_sum(correct1, correct5, loss_sum, count)
     return {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count, "loss": loss_sum / count}
 
 
@@ -47,7 +50,7 @@ def train_one_epoch(model, loader, optimizer, device, loss_fn, epoch=0, logger=N
     """
     model.train()
     loss_sum = correct = count = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if distributed.is_main_process() else True)
     for step, (images, targets) in enumerate(bar):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         loss, logits = loss_fn(images, targets)
@@ -87,6 +90,8 @@ def fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device, 
     """
     for epoch in range(start_epoch, epochs):
         tic = time.perf_counter()
+        if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
+            train_loader.sampler.set_epoch(epoch)
         train_stats = train_one_epoch(model, train_loader, optimizer, device, loss_fn, epoch,
                                       logger, print_freq)
         val_stats = evaluate(model, val_loader, device)
@@ -110,7 +115,8 @@ def fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device, 
             "rng": rng_state(),
             **(checkpoint_extra or {}),
         }
-        save_checkpoint(state, run_dir, is_best)
+        if distributed.is_main_process():
+            save_checkpoint(state, run_dir, is_best)
     return best_acc1
 
 

@@ -1,16 +1,32 @@
-"""Mixed precision in one object: float16 autocast + GradScaler on CUDA, bfloat16 autocast on CPU."""
+"""Mixed precision in one object.
+
+Modes (``--precision``; the original flag ``--fp16`` is ``--precision fp16``):
+
+- ``fp32``: no autocast;
+- ``fp16``: float16 autocast with a GradScaler on CUDA; on the CPU, bfloat16 autocast
+  (what ``--fp16`` has always done there);
+- ``bf16``: bfloat16 autocast on any device, no scaler (bfloat16 has float32's range).
+"""
 import contextlib
 
 import torch
 
+MODES = ("fp32", "fp16", "bf16")
+
 
 class Precision:
-    def __init__(self, device, enabled=False):
+    def __init__(self, device, mode=False):
+        """``mode``: one of MODES, or a bool (True: ``fp16``, False: ``fp32``) as ``--fp16`` gives."""
+        if isinstance(mode, bool) or mode is None:
+            mode = "fp16" if mode else "fp32"
+        if mode not in MODES:
+            raise ValueError(f"precision must be one of {MODES}, not {mode!r}")
         self.device = torch.device(device)
-        self.enabled = enabled
+        self.mode = mode
+        self.enabled = mode != "fp32"
         cuda = self.device.type == "cuda"
-        self.dtype = torch.float16 if cuda else torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=enabled and cuda)
+        self.dtype = torch.float16 if mode == "fp16" and cuda else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=mode == "fp16" and cuda)
 
     def autocast(self):
         if not self.enabled:

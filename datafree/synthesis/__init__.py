@@ -1,6 +1,6 @@
 """Synthesizers: one data-free method per module, registered under its ``--method`` name."""
-from . import cmi, deepinv, fast, generative
+from . import cmi, deepinv, fast, fast_imagenet, generative
 from .base import SYNTHESIZERS, BaseSynthesizer, PoolSynthesizer, register_synthesizer
 
 __all__ = ["SYNTHESIZERS", "BaseSynthesizer", "PoolSynthesizer", "register_synthesizer",
-           "cmi", "deepinv", "fast", "generative"]
+           "cmi", "deepinv", "fast", "fast_imagenet", "generative"]

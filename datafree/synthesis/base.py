@@ -5,6 +5,7 @@ run's argument namespace plus ``num_classes``, ``img_size``, ``nc``, ``mean`` an
 """
 import torch
 
+from datafree import distributed
 from datafree.augment import crop_flip_normalize
 from datafree.criterions import kldiv
 from datafree.datasets.folder import load_image_tensor
@@ -35,12 +36,15 @@ class BaseSynthesizer:
     method = None
     flags = frozenset()
     sampling_is_synthesis = False
+    # Whether the method keeps every rank consistent under torchrun (shared learned state
+    # averaged over the ranks, per-rank state sharded); datafree_kd.py refuses the others.
+    distributed_ready = False
 
     def __init__(self, teacher, student, config, device):
         self.teacher, self.student, self.config, self.device = teacher, student, config, device
         self.batch_size = config.synthesis_batch_size or config.batch_size
         self.sample_batch_size = config.batch_size
-        self.precision = Precision(device, config.fp16)
+        self.precision = Precision(device, getattr(config, "precision", None) or config.fp16)
         self.calls = 0
 
     def synthesize(self):
@@ -72,8 +76,9 @@ class PoolSynthesizer(BaseSynthesizer):
         super().__init__(teacher, student, config, device)
         self.aug = crop_flip_normalize(config.img_size, config.mean, config.std).to(device)
         self.pool = ImagePool(device)
-        if config.cmi_init:  # pre-inverted images join the pool from the start
-            self.pool.add(load_image_tensor(config.cmi_init, config.img_size))
+        if config.cmi_init:  # pre-inverted images join the pool from the start (each rank its share)
+            images = load_image_tensor(config.cmi_init, config.img_size)
+            self.pool.add(images[distributed.get_rank()::distributed.get_world_size()])
 
     def sample(self):
         with torch.no_grad():

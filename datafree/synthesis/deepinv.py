@@ -36,6 +36,7 @@ def jitter_and_flip(images):
 @register_synthesizer("deepinv")
 class DeepInversionSynthesizer(PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "tv", "l2", "lr_g", "g_steps", "cmi_init"})
+    distributed_ready = True   # no state shared between calls: each rank inverts its own pixels
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)

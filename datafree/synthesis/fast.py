@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datafree import distributed
 from datafree.criterions import adversarial_kl
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator, reset_bn_affine
@@ -33,6 +34,14 @@ def reset_first_layers(generator):
     for layer in (generator.l1[0], generator.conv_blocks[0]):
         nn.init.normal_(layer.weight, 0.0, 0.02)
         nn.init.zeros_(layer.bias)
+
+
+def update_bn_momentum(hooks):
+    """Fold the latest batch into each hook's moving average; under torchrun the averages are
+    then averaged over the ranks, so every rank keeps the same (restorable) BN targets."""
+    for hook in hooks:
+        hook.update_momentum()
+    distributed.average_tensors([t for h in hooks for t in (h.ema_mean, h.ema_var)])
 
 
 @register_synthesizer("fast")
@@ -95,8 +104,7 @@ class FastSynthesizer(PoolSynthesizer):
                     self.meta.after_inner_backward(fast_generator)
                 self.precision.step(optimizer)
         if c.bn_mmt > 0:
-            for hook in self.hooks:
-                hook.update_momentum()
+            update_bn_momentum(self.hooks)
         if self.meta is not None:
             self.meta.finish(fast_generator)
         self.student.train()
@@ -122,3 +130,4 @@ class FastSynthesizer(PoolSynthesizer):
 class FastMetaSynthesizer(FastSynthesizer):
     flags = FastSynthesizer.flags | {"is_maml", "reset_l0", "reset_bn"}
     meta_learning = True
+    distributed_ready = True

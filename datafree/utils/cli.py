@@ -4,10 +4,10 @@ import sys
 
 import torch
 
+from datafree import distributed
 from datafree.checkpoint import load_weights
 from datafree.engine import evaluate, fit, resume_training
 from datafree.errors import CheckpointError, UsageError
-from datafree.utils.logger import RunLogger
 from datafree.utils.misc import select_device, set_seed
 
 
@@ -53,7 +53,13 @@ def add_run_args(parser):
     group.add_argument("-p", "--print_freq", "--print-freq", dest="print_freq", default=0, type=int,
                        help="log the training loss every N iterations (default: 0, once per epoch)")
     group.add_argument("--log_tag", default="", help="suffix for the default run folder name")
+    add_dist_args(group)
     return group
+
+
+def add_dist_args(group):
+    group.add_argument("--dist_backend", default=None, choices=["nccl", "gloo"],
+                       help="torchrun only: process-group backend (default: nccl on GPUs, gloo on the CPU)")
 
 
 def prepare_run(args, folder, name):
@@ -65,7 +71,8 @@ def prepare_run(args, folder, name):
     args.output = args.output or os.path.join("checkpoints", folder, name + tag)
     if hasattr(args, "teacher_ckpt"):
         args.teacher_ckpt = args.teacher_ckpt or default_teacher_ckpt(args.dataset, args.teacher)
-    device = select_device(args.gpu)
+    device = (distributed.init_distributed(args.gpu, getattr(args, "dist_backend", None))
+              or select_device(args.gpu))
     set_seed(args.seed)
     return device, resolve_resume(args)
 
@@ -98,12 +105,16 @@ def resolve_resume(args):
     return path
 
 
-def make_loaders(train_set, val_set, batch_size, workers, device, drop_last=False):
+def make_loaders(train_set, val_set, batch_size, workers, device, drop_last=False, seed=0):
+    """Loaders of one process: under torchrun each rank reads its shard, ``batch_size`` per node."""
     pin = device.type == "cuda"
     common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True,
-                                               drop_last=drop_last, **common)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(batch_size, 256), shuffle=False, **common)
+    batch_size = distributed.per_process(batch_size)
+    sampler = distributed.train_sampler(train_set, seed)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=sampler is None,
+                                               sampler=sampler, drop_last=drop_last, **common)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(batch_size, 256), shuffle=False,
+                                             sampler=distributed.eval_sampler(val_set), **common)
     return train_loader, val_loader
 
 
@@ -129,6 +140,8 @@ def run_cli(main, argv=None):
     except UsageError as err:
         print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        distributed.cleanup()
 
 
 def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_path, *,
@@ -151,8 +164,9 @@ def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_
         start_epoch, best_acc1 = ckpt["epoch"], ckpt["best_acc1"]
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
+    distributed.seed_per_rank(args.seed, start_epoch)
 
-    logger = RunLogger(args.output, run_name)
+    logger = distributed.make_logger(args.output, run_name)
     try:
         logger.args(args)
         if resume_path:

@@ -1,0 +1,86 @@
+"""datafree_kd.py with a recorder around it, for the torchrun tests (tests/test_distributed.py).
+
+    torchrun --standalone --nproc_per_node=2 tests/dist_probe.py PROBE_DIR datafree_kd.py-flags...
+
+Registers ``probe_gn``, a small student without BatchNorm (GroupNorm only), so that one
+data-parallel KD step over two half batches must equal one step over the whole batch. Each
+rank writes PROBE_DIR/rank{R}.pt with, for every round: the generator after the synthesis
+call, the KD batches it drew, and the student before and after the KD steps; and the
+number of checkpoints it wrote itself.
+"""
+import os
+import sys
+
+import torch
+import torch.nn as nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import registry  # noqa: E402
+
+
+class ProbeNet(nn.Module):
+    """conv -> GroupNorm -> ReLU -> conv (stride 2) -> GroupNorm -> ReLU -> pool -> linear; no batch statistics."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x, return_features=False):
+        features = self.features(x)
+        logits = self.fc(features)
+        return (logits, features) if return_features else logits
+
+
+if "probe_gn" not in registry.MODEL_DICT:
+    registry.register_model("probe_gn")(ProbeNet)
+
+
+def main():
+    import datafree_kd
+
+    probe_dir, argv = sys.argv[1], sys.argv[2:]
+    record = {"rounds": [], "saves": 0}
+    real_distill, real_save = datafree_kd.distill_steps, datafree_kd.save_checkpoint
+
+    def clone_state(module):
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def distill_steps(synthesizer, student, teacher, optimizer, precision, steps):
+        module = getattr(student, "module", student)
+        batches, real_sample = [], synthesizer.sample
+
+        def sample():
+            images = real_sample()
+            batches.append(images.detach().clone())
+            return images
+
+        entry = {"generator": clone_state(synthesizer.generator), "before": clone_state(module)}
+        synthesizer.sample = sample
+        try:
+            out = real_distill(synthesizer, student, teacher, optimizer, precision, steps)
+        finally:
+            del synthesizer.sample
+        entry.update(batches=batches, after=clone_state(module))
+        record["rounds"].append(entry)
+        return out
+
+    def save_checkpoint(state, run_dir, is_best):
+        record["saves"] += 1
+        return real_save(state, run_dir, is_best)
+
+    datafree_kd.distill_steps, datafree_kd.save_checkpoint = distill_steps, save_checkpoint
+    try:
+        datafree_kd.run_cli(datafree_kd.main, argv)
+    finally:
+        os.makedirs(probe_dir, exist_ok=True)
+        record["rank"] = int(os.environ.get("RANK", "0"))      # the process group is gone by now
+        torch.save(record, os.path.join(probe_dir, f"rank{record['rank']}.pt"))
+
+
+if __name__ == "__main__":
+    main()

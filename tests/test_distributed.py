@@ -1,0 +1,165 @@
+"""torchrun runs (two gloo processes on the CPU) against one-process arithmetic."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import datafree_kd
+import registry
+from conftest import ROOT
+from datafree import distributed
+from datafree.checkpoint import atomic_save, load_checkpoint
+from datafree.criterions import kldiv
+from datafree.engine import evaluate
+from datafree.errors import CheckpointError, UsageError
+
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from dist_probe import ProbeNet  # noqa: E402  (also registers 'probe_gn')
+
+LR, MOMENTUM, WD, T = 0.05, 0.9, 1e-4, 4.0
+PROBE_FLAGS = ["--method", "fast_meta", "--dataset", "digits", "--teacher", "resnet8", "--student", "probe_gn",
+               "--gpu", "-1", "--batch_size", "16", "--synthesis_batch_size", "16", "--kd_steps", "1",
+               "--ep_steps", "2", "--g_steps", "2", "--lr", str(LR), "--T", str(T), "--bn", "1", "--oh", "1",
+               "--adv", "1", "--bn_mmt", "0.9", "--lr_g", "1e-3", "--lr_z", "0.01", "--is_maml", "0", "--seed", "3"]
+RUN = "checkpoints/datafree-fast_meta/digits-resnet8-probe_gn"
+
+
+def torchrun(args, cwd, nproc=2):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+@pytest.fixture
+def teacher_file(in_tmp_cwd):
+    torch.manual_seed(0)
+    path = in_tmp_cwd / "checkpoints" / "pretrained" / "digits_resnet8.pth"
+    atomic_save({"state_dict": registry.get_model("resnet8", 10).state_dict()}, str(path))
+    return path
+
+
+def logged_eval(log, epoch):
+    line = re.search(rf"\[Eval\] epoch={epoch} acc@1=([\d.]+) acc@5=([\d.]+) loss=([\d.]+)", log)
+    return float(line.group(1)), float(line.group(2)), float(line.group(3))
+
+
+def test_torchrun_fast_meta_matches_one_process_and_resumes(teacher_file, in_tmp_cwd):
+    proc = torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe", *PROBE_FLAGS, "--epochs", "1"],
+                    in_tmp_cwd)
+    ranks = [torch.load(f"probe/rank{r}.pt", weights_only=False) for r in range(2)]
+    assert [r["saves"] for r in ranks] == [1, 0]              # rank 0 alone writes checkpoints
+    assert proc.stdout.count("[Eval] epoch=0") == 1          # and alone prints
+    assert all(len(r["rounds"]) == 2 for r in ranks)         # ep_steps 2 / kd_steps 1: two rounds
+
+    teacher = registry.get_model("resnet8", 10)
+    teacher.load_state_dict(torch.load(teacher_file, weights_only=True)["state_dict"])
+    teacher.eval()
+    reference = ProbeNet(10)
+    reference.load_state_dict(ranks[0]["rounds"][0]["before"])
+    optimizer = torch.optim.SGD(reference.parameters(), LR, momentum=MOMENTUM, weight_decay=WD)
+    for i, (r0, r1) in enumerate(zip(ranks[0]["rounds"], ranks[1]["rounds"])):
+        # the generator after each meta-step is the same on both ranks, and it did move
+        for k, v in r0["generator"].items():
+            assert torch.equal(v, r1["generator"][k]), k
+        # each rank drew its own batch (half of the global batch of 16) from its own pool shard
+        (b0,), (b1,) = r0["batches"], r1["batches"]
+        assert b0.shape == b1.shape == (8, 3, 32, 32) and not torch.equal(b0, b1)
+        for k in r0["before"]:
+            assert torch.equal(r0["before"][k], r1["before"][k]), k
+            assert torch.allclose(r0["before"][k], reference.state_dict()[k], atol=1e-6, rtol=1e-5), k
+        # one-process KD step on the global batch (both halves)
+        batch = torch.cat([b0, b1])
+        with torch.no_grad():
+            t_out = teacher(batch)
+        loss = kldiv(reference(batch), t_out, T=T)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for k, v in reference.state_dict().items():
+            assert torch.allclose(r0["after"][k], v, atol=1e-6, rtol=1e-5), (i, k)
+            assert torch.allclose(r1["after"][k], v, atol=1e-6, rtol=1e-5), (i, k)
+    moved = [not torch.equal(v, ranks[0]["rounds"][1]["generator"][k])
+             for k, v in ranks[0]["rounds"][0]["generator"].items() if v.is_floating_point()]
+    assert any(moved)
+
+    # the checkpoint holds every rank's own pool shard; evaluation covered the whole test set once
+    ckpt = load_checkpoint(f"{RUN}/last.pth")
+    assert ckpt["world_size"] == 2 and len(ckpt["rank_states"]) == 1
+    pool0 = ckpt["synthesizer"]["pool"]["images"]
+    pool1 = ckpt["rank_states"][0]["synthesizer"]["pool"]["images"]
+    assert pool0.shape == pool1.shape == (2 * 8, 3, 32, 32) and not torch.equal(pool0, pool1)
+    log = open(f"{RUN}/log.txt").read()
+    assert log.count("[Eval] epoch=0") == 1
+    student = ProbeNet(10)
+    student.load_state_dict(ckpt["state_dict"])
+    _, _, val_set = registry.get_dataset("digits")
+    stats = evaluate(student, torch.utils.data.DataLoader(val_set, batch_size=256), torch.device("cpu"))
+    acc1, acc5, loss = logged_eval(log, 0)
+    assert (acc1, acc5) == (round(stats["acc1"], 2), round(stats["acc5"], 2))
+    assert loss == pytest.approx(stats["loss"], abs=1e-4)
+
+    # a one-process resume is refused; a two-process one continues each rank's own state
+    with pytest.raises(CheckpointError, match="run of 2 process"):
+        datafree_kd.main([*PROBE_FLAGS, "--epochs", "2", "--resume"])
+    torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe2", *PROBE_FLAGS, "--epochs", "2", "--resume"],
+             in_tmp_cwd)
+    resumed = load_checkpoint(f"{RUN}/last.pth")
+    assert resumed["epoch"] == 2
+    new0 = resumed["synthesizer"]["pool"]["images"]
+    new1 = resumed["rank_states"][0]["synthesizer"]["pool"]["images"]
+    assert len(new0) == len(new1) == 4 * 8
+    assert torch.equal(new0[:16], pool0) and torch.equal(new1[:16], pool1)
+    other = resumed["rank_states"][0]["synthesizer"]
+    for k, v in resumed["synthesizer"]["generator"].items():
+        assert torch.equal(v, other["generator"][k]), k
+    for a, b in zip(resumed["synthesizer"]["bn_hooks"], other["bn_hooks"]):   # BN targets averaged over ranks
+        assert torch.allclose(a["ema_mean"], b["ema_mean"]) and torch.allclose(a["ema_var"], b["ema_var"])
+    assert "resumed from" in open(f"{RUN}/log.txt").read()
+
+
+def test_torchrun_train_scratch(in_tmp_cwd):
+    proc = torchrun([os.path.join(ROOT, "train_scratch.py"), "--model", "resnet8", "--dataset", "digits",
+                     "--epochs", "1", "--batch-size", "128", "--lr", "0.05", "--gpu", "-1"], in_tmp_cwd)
+    run = "checkpoints/scratch/digits_resnet8"
+    assert sorted(f for f in os.listdir(run) if f.endswith(".pth")) == ["best.pth", "last.pth"]
+    assert not [f for f in os.listdir(run) if ".tmp" in f]
+    assert os.path.isfile("checkpoints/pretrained/digits_resnet8.pth")
+    assert proc.stdout.count("[Eval] epoch=0") == 1 and proc.stdout.count("teacher file:") == 1
+    log = open(f"{run}/log.txt").read()
+    assert log.count("[Eval] epoch=0") == 1
+    # the metrics summed over the two shards of the test set equal a one-process evaluation
+    model = registry.get_model("resnet8", 10)
+    model.load_state_dict(load_checkpoint(f"{run}/last.pth")["state_dict"])
+    _, _, val_set = registry.get_dataset("digits")
+    stats = evaluate(model, torch.utils.data.DataLoader(val_set, batch_size=256), torch.device("cpu"))
+    acc1, acc5, loss = logged_eval(log, 0)
+    assert (acc1, acc5) == (round(stats["acc1"], 2), round(stats["acc5"], 2))
+    assert loss == pytest.approx(stats["loss"], abs=1e-4)
+
+
+def test_shard_sampler_covers_each_index_once():
+    data = list(range(11))
+    shards = [list(distributed.ShardSampler(data, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == data and [len(s) for s in shards] == [4, 4, 3]
+
+
+def test_single_process_helpers_are_no_ops():
+    assert not distributed.is_distributed() and distributed.get_world_size() == 1
+    assert distributed.all_reduce_sum(3, 4.5) == (3, 4.5)
+    assert distributed.per_process(100) == 100 and distributed.per_process(None) is None
+    model = torch.nn.Linear(2, 2)
+    assert distributed.wrap_ddp(model, torch.device("cpu")) is model
+    assert distributed.gather_to_main({"a": 1}) == [{"a": 1}]
+
+
+def test_methods_that_would_drift_are_refused_under_torchrun(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UsageError, match="cannot run under torchrun.*fast_meta"):
+        datafree_kd.parse_args(["--method", "zskt"])
+    assert datafree_kd.parse_args(["--method", "fast_meta"]).method == "fast_meta"
