@@ -2,7 +2,7 @@
 
     torchrun --standalone --nproc_per_node=2 tests/dist_probe.py PROBE_DIR datafree_kd.py-flags...
 
-Registers ``probe_gn``, a small student without BatchNorm (GroupNorm only), so that one
+Registers ``probe_gn`` (in its own processes only), a small student without BatchNorm (GroupNorm only), so that one
 data-parallel KD step over two half batches must equal one step over the whole batch. Each
 rank writes PROBE_DIR/rank{R}.pt with, for every round: the generator after the synthesis
 call, the KD batches it drew, and the student before and after the KD steps; and the
@@ -36,11 +36,8 @@ class ProbeNet(nn.Module):
         return (logits, features) if return_features else logits
 
 
-if "probe_gn" not in registry.MODEL_DICT:
-    registry.register_model("probe_gn")(ProbeNet)
-
-
 def main():
+    registry.register_model("probe_gn")(ProbeNet)   # only in the torchrun processes
     import datafree_kd
 
     probe_dir, argv = sys.argv[1], sys.argv[2:]

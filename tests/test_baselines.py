@@ -86,7 +86,8 @@ def make_config(**overrides):
     values = dict(num_classes=10, img_size=32, nc=3, mean=(0.5,) * 3, std=(0.25,) * 3, batch_size=8,
                   synthesis_batch_size=8, fp16=False, T=4.0, adv=1.0, bn=1.0, oh=1.0, act=0.1, balance=1.0,
                   tv=0.0, l2=0.0, cr=0.8, cr_T=0.2, cmi_init=None, lr_g=0.01, lr_z=0.01, g_steps=2,
-                  reset_l0=0, reset_bn=0, bn_mmt=0.0, is_maml=1, warmup=0, teacher="resnet8")
+                  reset_l0=0, reset_bn=0, bn_mmt=0.0, is_maml=1, warmup=0, teacher="resnet8",
+                  lr_g_meta=1e-4, lr_z_meta=5e-3, reinit=0, rand_label=1)
     values.update(overrides)
     return SimpleNamespace(**values)
 

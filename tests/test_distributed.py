@@ -17,7 +17,7 @@ from datafree.engine import evaluate
 from datafree.errors import CheckpointError, UsageError
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from dist_probe import ProbeNet  # noqa: E402  (also registers 'probe_gn')
+from dist_probe import ProbeNet  # noqa: E402
 
 LR, MOMENTUM, WD, T = 0.05, 0.9, 1e-4, 4.0
 PROBE_FLAGS = ["--method", "fast_meta", "--dataset", "digits", "--teacher", "resnet8", "--student", "probe_gn",
@@ -48,7 +48,8 @@ def logged_eval(log, epoch):
     return float(line.group(1)), float(line.group(2)), float(line.group(3))
 
 
-def test_torchrun_fast_meta_matches_one_process_and_resumes(teacher_file, in_tmp_cwd):
+def test_torchrun_fast_meta_matches_one_process_and_resumes(teacher_file, in_tmp_cwd, monkeypatch):
+    monkeypatch.setitem(registry.MODEL_DICT, "probe_gn", ProbeNet)   # for the one-process call below
     proc = torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe", *PROBE_FLAGS, "--epochs", "1"],
                     in_tmp_cwd)
     ranks = [torch.load(f"probe/rank{r}.pt", weights_only=False) for r in range(2)]
