@@ -23,13 +23,13 @@ from torchvision.utils import make_grid, save_image
 
 import registry
 from datafree import distributed
-from datafree.checkpoint import save_checkpoint
+from datafree.checkpoint import record_epoch, save_checkpoint
 from datafree.engine import distill_steps, evaluate, resume_training
 from datafree.errors import CheckpointError, UsageError
 from datafree.pool import ImagePool
 from datafree.precision import MODES as PRECISIONS, Precision
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer
-from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, run_cli
+from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, run_cli, run_summary_info
 from datafree.utils.misc import rng_state, set_rng_state
 
 # Flags that belong to particular methods; setting one away from its default for a method
@@ -296,6 +296,7 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
     """The epoch loop; ``kd_student`` is the student as trained (DistributedDataParallel under torchrun)."""
     kd_student = kd_student or student
     rounds = args.ep_steps // args.kd_steps
+    summary_info = run_summary_info("datafree_kd", args, args.student)
     sampling_is_synthesis = synthesizer.sampling_is_synthesis
     for epoch in range(run["epoch"], args.epochs):
         epoch_start = now(device)
@@ -350,6 +351,9 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
                      "num_classes": synthesizer.config.num_classes, "dataset": args.dataset, "teacher": args.teacher,
                      "method": args.method, "args": {k: v for k, v in vars(args).items()}, **run, **shards}
             save_checkpoint(state, args.output, is_best)
+            record_epoch(args.output, epoch=epoch, epochs=args.epochs, acc1=stats["acc1"],
+                         epoch_seconds=now(device) - epoch_start, info=summary_info,
+                         synthesis_seconds=run["synthesis_seconds"], kd_seconds=run["kd_seconds"])
         phase["output"] = now(device) - tic
         logger.info(
             f"[Eval] epoch={epoch} acc@1={stats['acc1']:.2f} acc@5={stats['acc5']:.2f} loss={stats['loss']:.4f} "

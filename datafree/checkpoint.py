@@ -4,6 +4,7 @@ A training checkpoint is ``{'state_dict', 'epoch', 'best_acc1', 'optimizer', 'sc
 'arch', 'num_classes', ...}`` (the original release's format plus a few keys); a teacher
 file only needs ``state_dict``. Everything is loaded with ``weights_only=True``.
 """
+import json
 import os
 import pickle
 import shutil
@@ -22,6 +23,14 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
+def atomic_write_text(text, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def atomic_copy(src, dst):
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     tmp = f"{dst}.tmp{os.getpid()}"
@@ -36,6 +45,43 @@ def save_checkpoint(state, run_dir, is_best):
     if is_best:
         atomic_copy(last, os.path.join(run_dir, "best.pth"))
     return last
+
+
+SUMMARY_FILE = "summary.json"
+
+
+def read_summary(run_dir):
+    """The run's ``summary.json`` as a dict, or None when the run has not finished an epoch."""
+    path = os.path.join(run_dir, SUMMARY_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); delete it, the next epoch writes it again") from err
+
+
+def record_epoch(run_dir, *, epoch, epochs, acc1, epoch_seconds, info=None, **totals):
+    """Add one finished epoch to ``run_dir/summary.json``, the small file table collectors read
+    instead of the (possibly large) checkpoints.
+
+    ``wall_seconds`` accumulates ``epoch_seconds`` over the run, resumes included; ``totals``
+    are other running totals (e.g. ``synthesis_seconds``) stored as given; ``info`` holds
+    static facts of the run (script, arch, args). Epochs at or after ``epoch`` recorded by an
+    interrupted attempt are replaced.
+    """
+    summary = read_summary(run_dir) or {}
+    history = [h for h in summary.get("history", []) if h["epoch"] < epoch]
+    wall = (history[-1]["wall_seconds"] if history else 0.0) + epoch_seconds
+    history.append({"epoch": epoch, "acc1": float(acc1), "wall_seconds": wall,
+                    **{k: float(v) for k, v in totals.items()}})
+    summary.update(info or {})
+    summary.update(totals)
+    summary.update(epoch=epoch + 1, epochs=epochs, finished=epoch + 1 >= epochs, wall_seconds=wall,
+                   best_acc1=max(h["acc1"] for h in history), history=history)
+    atomic_write_text(json.dumps(summary, indent=1), os.path.join(run_dir, SUMMARY_FILE))
+    return summary
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from datafree import distributed
-from datafree.checkpoint import load_weights, save_checkpoint
+from datafree.checkpoint import load_weights, record_epoch, save_checkpoint
 from datafree.errors import CheckpointError
 from datafree.utils.misc import rng_state, set_rng_state
 
@@ -82,10 +82,11 @@ def resume_training(path, model, arch, optimizer, scheduler, device):
 
 
 def fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device, *, epochs, run_dir,
-        logger, start_epoch=0, best_acc1=0.0, checkpoint_extra=None, print_freq=0):
+        logger, start_epoch=0, best_acc1=0.0, checkpoint_extra=None, print_freq=0, summary_info=None):
     """Train from ``start_epoch`` to ``epochs``; evaluate, log and checkpoint after each epoch.
 
-    ``checkpoint_extra`` is merged into every checkpoint (arch, num_classes, args, ...).
+    ``checkpoint_extra`` is merged into every checkpoint (arch, num_classes, args, ...);
+    ``summary_info`` into the run's summary.json.
     Returns the best top-1 accuracy (%).
     """
     for epoch in range(start_epoch, epochs):
@@ -117,6 +118,8 @@ def fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device, 
         }
         if distributed.is_main_process():
             save_checkpoint(state, run_dir, is_best)
+            record_epoch(run_dir, epoch=epoch, epochs=epochs, acc1=val_stats["acc1"], epoch_seconds=seconds,
+                         info=summary_info)
     return best_acc1
 
 

@@ -144,6 +144,12 @@ def run_cli(main, argv=None):
         distributed.cleanup()
 
 
+def run_summary_info(script, args, arch):
+    """The static facts of a run kept in its summary.json (what table collectors report)."""
+    return {"script": script, "arch": arch, "dataset": args.dataset, "args": {k: v for k, v in vars(args).items()
+                                                                              if isinstance(v, (int, float, str, bool, type(None)))}}
+
+
 def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_path, *,
                  run_name, checkpoint_extra):
     """The epoch loop of train_scratch.py and vanilla_kd.py: SGD, cosine schedule, resume, fit.
@@ -173,7 +179,8 @@ def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_
             logger.info(f"resumed from {resume_path} at epoch {start_epoch} (best acc@1 {best_acc1:.2f})")
         best_acc1 = fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device,
                         epochs=args.epochs, run_dir=args.output, logger=logger, start_epoch=start_epoch,
-                        best_acc1=best_acc1, checkpoint_extra=checkpoint_extra, print_freq=args.print_freq)
+                        best_acc1=best_acc1, checkpoint_extra=checkpoint_extra, print_freq=args.print_freq,
+                        summary_info=run_summary_info(run_name, args, arch))
         logger.info(f"Best acc@1: {best_acc1:.2f}  (run folder: {args.output})")
     finally:
         logger.close()

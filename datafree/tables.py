@@ -1,0 +1,390 @@
+"""Paper tables from run folders: table specs, the cells they expand to, and the collector.
+
+A table spec (YAML, ``configs/tables/*.yaml``) names a dataset, teacher/student pairs, seeds and
+rows. Each row is one script with its flags (``config`` preset and/or ``args``); every
+(row, pair, seed) is a *cell* with its own run folder ``ROOT/<row>/<teacher>-<student>/seed<k>``.
+Flag values may use ``{teacher}``, ``{student}``, ``{dataset}``, ``{seed}``, ``{root}`` and
+``{cell}`` (the cell's run folder); ``teacher_ckpt`` in the spec is passed to the rows that
+load a teacher.
+
+A cell's state comes from its run folder: ``summary.json`` (written by the scripts after every
+epoch) says how far it got, ``runner.json`` (written by the runner) whether its last attempt
+failed. The collector turns finished cells into the paper's format: best top-1 accuracy with
+synthesis hours in brackets, mean +- std over seeds, the speed-up column, and the paper's number
+and our gap beside every cell that has one.
+"""
+import csv
+import io
+import json
+import os
+import re
+import statistics
+from dataclasses import dataclass, field
+
+import yaml
+
+from datafree.checkpoint import atomic_write_text, read_summary
+from datafree.errors import UsageError
+
+SCRIPTS = ("datafree_kd.py", "train_scratch.py", "vanilla_kd.py")
+# Scripts that distil from a teacher and so take --teacher/--student/--teacher_ckpt.
+TEACHER_SCRIPTS = ("datafree_kd.py", "vanilla_kd.py")
+RUNNER_FILE = "runner.json"
+PAPER_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "configs", "tables", "paper_results.yaml")
+
+
+@dataclass
+class Row:
+    name: str
+    script: str = "datafree_kd.py"
+    config: str = None
+    args: dict = field(default_factory=dict)
+    paper_row: str = None
+    per_teacher: bool = False     # one run per teacher (a teacher row), shared by its pairs
+    seeds: list = None            # overrides the table's seeds
+
+    @property
+    def slug(self):
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name).strip("_").lower()
+
+
+@dataclass
+class Cell:
+    row: Row
+    teacher: str
+    student: str
+    seed: int
+    folder: str
+
+    @property
+    def pair(self):
+        return f"{self.teacher}-{self.student}"
+
+
+@dataclass
+class TableSpec:
+    name: str
+    dataset: str
+    pairs: list
+    rows: list
+    seeds: list = field(default_factory=lambda: [0])
+    paper: str = None             # key of configs/tables/paper_results.yaml
+    reference_row: str = None     # the speed-up baseline (DeepInversion in the paper)
+    teacher_ckpt: str = None
+    root: str = None
+    description: str = ""
+
+    def cells(self):
+        """Every cell of the table, rows in spec order; a per-teacher row once per teacher."""
+        out, seen = [], set()
+        for row in self.rows:
+            for teacher, student in self.pairs:
+                for seed in row.seeds or self.seeds:
+                    who = teacher if row.per_teacher else f"{teacher}-{student}"
+                    folder = os.path.join(self.root, row.slug, who, f"seed{seed}")
+                    if folder not in seen:
+                        seen.add(folder)
+                        out.append(Cell(row, teacher, student, seed, folder))
+        return out
+
+    def cells_of(self, row, teacher, student):
+        """The cells that give the value of (row, pair): a per-teacher row shares its runs."""
+        return [c for c in self.cells() if c.row is row and c.teacher == teacher
+                and (row.per_teacher or c.student == student)]
+
+    def fill(self, value, cell):
+        if not isinstance(value, str):
+            return value
+        names = {"teacher": cell.teacher, "student": cell.student, "dataset": self.dataset,
+                 "seed": cell.seed, "root": self.root, "cell": cell.folder}
+        if self.teacher_ckpt:
+            names["teacher_ckpt"] = self.teacher_ckpt.format(**names)
+        try:
+            return value.format(**names)
+        except KeyError as err:
+            raise UsageError(f"table {self.name}: unknown placeholder {err} in '{value}'; "
+                             f"use {', '.join('{' + n + '}' for n in names)}") from err
+
+    def command(self, cell, python="python", resume=False):
+        """The command line (a list) that runs ``cell``."""
+        row = cell.row
+        cmd = [python, row.script]
+        if row.config:
+            cmd += ["--config", self.fill(row.config, cell)]
+        flags = {"dataset": self.dataset, "seed": cell.seed, "output": cell.folder}
+        if row.script in TEACHER_SCRIPTS:
+            flags.update(teacher=cell.teacher, student=cell.student)
+            if self.teacher_ckpt:
+                flags["teacher_ckpt"] = self.fill(self.teacher_ckpt, cell)
+        flags.update({k: self.fill(v, cell) for k, v in row.args.items()})
+        for key, value in flags.items():
+            if isinstance(value, bool):
+                cmd += [f"--{key}"] if value else []
+            else:
+                cmd += [f"--{key}", str(value)]
+        return cmd + (["--resume"] if resume else [])
+
+
+def load_spec(path, root=None):
+    """Read a table spec; ``root`` (default ``runs/tables/<name>``) holds the cells' run folders."""
+    if not os.path.isfile(path):
+        raise UsageError(f"table spec {path} does not exist; see configs/tables/ for the presets")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    known = set(TableSpec.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UsageError(f"{path}: unknown keys {', '.join(unknown)}; a table spec has {', '.join(sorted(known))}")
+    for key in ("name", "dataset", "pairs", "rows"):
+        if key not in raw:
+            raise UsageError(f"{path}: '{key}' is missing")
+    rows = []
+    for entry in raw["rows"]:
+        bad = sorted(set(entry) - set(Row.__dataclass_fields__))
+        if bad or "name" not in entry:
+            raise UsageError(f"{path}: row {entry.get('name', '?')} has unknown keys {', '.join(bad)} or no name")
+        row = Row(**entry)
+        if row.script not in SCRIPTS:
+            raise UsageError(f"{path}: row {row.name}: script must be one of {', '.join(SCRIPTS)}")
+        if row.config and row.script != "datafree_kd.py":
+            raise UsageError(f"{path}: row {row.name}: only datafree_kd.py rows take a config preset; use args")
+        rows.append(row)
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise UsageError(f"{path}: row names must be unique")
+    spec = TableSpec(**{**raw, "rows": rows, "pairs": [tuple(p) for p in raw["pairs"]]})
+    if spec.reference_row and spec.reference_row not in names:
+        raise UsageError(f"{path}: reference_row '{spec.reference_row}' is not a row of the table")
+    spec.root = root or spec.root or os.path.join("runs", "tables", spec.name)
+    return spec
+
+
+# ---- cell state -------------------------------------------------------------------------------
+
+def cell_status(cell):
+    """``(status, summary)``: status is done, failed, partial (can resume) or missing."""
+    summary = read_summary(cell.folder)
+    runner = read_runner(cell.folder)
+    if summary and summary.get("finished"):
+        return "done", summary
+    if runner.get("status") == "failed":
+        return "failed", summary
+    if summary or os.path.isfile(os.path.join(cell.folder, "last.pth")):
+        return "partial", summary
+    return "missing", summary
+
+
+def read_runner(folder):
+    path = os.path.join(folder, RUNNER_FILE)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_runner(folder, **record):
+    atomic_write_text(json.dumps(record, indent=1), os.path.join(folder, RUNNER_FILE))
+
+
+# ---- collecting ----------------------------------------------------------------------------------
+
+def load_paper(key, path=PAPER_RESULTS):
+    """The paper's table ``key``: {row: {pair: (acc, hours or None)}} and {row: speed-up}."""
+    if key is None:
+        return {}, {}
+    with open(path) as f:
+        tables = yaml.safe_load(f)
+    if key not in tables:
+        raise UsageError(f"no paper table '{key}' in {path}; known: {', '.join(sorted(tables))}")
+    table = tables[key]
+    cells = {}
+    for row, values in table["rows"].items():
+        cells[row] = {}
+        for pair, value in zip(table["pairs"], values):
+            if value is None:
+                continue
+            acc, hours = (value, None) if not isinstance(value, list) else (value[0], value[1])
+            cells[row][pair] = (float(acc), None if hours is None else float(hours))
+    return cells, table.get("speed_up", {})
+
+
+def speed_up(reference_hours, row_hours):
+    """The paper's speed-up: the mean over pairs of (reference hours / row hours), over the
+    pairs where both are known and positive; None when there is none."""
+    ratios = [reference_hours[p] / row_hours[p] for p in row_hours
+              if p in reference_hours and reference_hours[p] and row_hours[p]]
+    return sum(ratios) / len(ratios) if ratios else None
+
+
+def mean_std(values):
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def budget_of(summary):
+    """One line saying what a run cost in steps, from the flags in its summary."""
+    a = summary.get("args", {})
+    if summary.get("script") == "datafree_kd":
+        calls = a["ep_steps"] // a["kd_steps"]
+        return (f"{a['method']}: {a['epochs']} ep x {a['ep_steps']} KD steps of {a['batch_size']}; "
+                f"{calls} synthesis call(s)/ep x {a.get('g_steps')} steps")
+    return f"{summary.get('script')}: {a.get('epochs')} ep on real data, batch {a.get('batch_size')}"
+
+
+def collect(spec):
+    """Every (row, pair) of the table with our figures, the paper's, and the gap.
+
+    Returns a list of dicts, one per (row, pair), plus {row: (our speed-up, paper speed-up)}.
+    Accuracies of unfinished cells are never averaged in: a failed run shows as failed.
+    """
+    paper, paper_speed = load_paper(spec.paper)
+    results = []
+    for row in spec.rows:
+        for teacher, student in spec.pairs:
+            pair = f"{teacher}-{student}"
+            cells = spec.cells_of(row, teacher, student)
+            states = [cell_status(c) for c in cells]
+            done = [s for status, s in states if status == "done"]
+            statuses = sorted({status for status, _ in states})
+            acc, acc_std = mean_std([s["best_acc1"] for s in done])
+            syn = [s["synthesis_seconds"] / 3600 for s in done if "synthesis_seconds" in s]
+            wall = [s["wall_seconds"] / 3600 for s in done]
+            p_acc, p_hours = paper.get(row.paper_row or row.name, {}).get(pair, (None, None))
+            results.append({
+                "row": row.name, "pair": pair, "seeds": len(cells), "finished": len(done),
+                "status": "done" if len(done) == len(cells) else "/".join(s for s in statuses if s != "done"),
+                "acc1": acc, "acc1_std": acc_std,
+                "synthesis_hours": statistics.fmean(syn) if syn else None,
+                "wall_hours": statistics.fmean(wall) if wall else None,
+                "paper_acc1": p_acc, "paper_hours": p_hours,
+                "gap": None if acc is None or p_acc is None else acc - p_acc,
+                "budget": budget_of(done[0]) if done else "",
+                "histories": [(c.seed, s["history"]) for c, (st, s) in zip(cells, states) if s],
+            })
+    speed = {}
+    for row in spec.rows:
+        ours = {r["pair"]: r["synthesis_hours"] for r in results if r["row"] == row.name and r["synthesis_hours"]}
+        ref = ({r["pair"]: r["synthesis_hours"] for r in results if r["row"] == spec.reference_row}
+               if spec.reference_row else {})
+        speed[row.name] = (speed_up(ref, ours) if ours else None, paper_speed.get(row.paper_row or row.name))
+    return results, speed
+
+
+def _hours(h):
+    return f"{h:.3f}h" if h < 1 else f"{h:.2f}h"
+
+
+def format_cell(r):
+    if r["acc1"] is None:
+        text = r["status"] if r["status"] != "missing" else "-"
+        if r["finished"] and r["status"] != "done":
+            text = f"{r['status']} ({r['finished']}/{r['seeds']} seeds done)"
+    else:
+        text = f"{r['acc1']:.2f}" + (f" +- {r['acc1_std']:.2f}" if r["seeds"] > 1 else "")
+        if r["synthesis_hours"] is not None:
+            text += f" ({_hours(r['synthesis_hours'])}; wall {_hours(r['wall_hours'])})"
+        else:
+            text += f" (wall {_hours(r['wall_hours'])})"
+        if r["status"] != "done":
+            text += f" [{r['finished']}/{r['seeds']} seeds; {r['status']}]"
+    if r["paper_acc1"] is not None:
+        paper = f"{r['paper_acc1']:.2f}" + (f" ({r['paper_hours']:g}h)" if r["paper_hours"] is not None else "")
+        gap = f", gap {r['gap']:+.2f}" if r["gap"] is not None else ""
+        text += f"<br>paper {paper}{gap}"
+    return text
+
+
+def markdown(spec, results, speed):
+    pairs = [f"{t}-{s}" for t, s in spec.pairs]
+    head = ["Method", *[f"{t} -> {s}" for t, s in spec.pairs], "Speed-up", "Budget"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by_key = {(r["row"], r["pair"]): r for r in results}
+    for row in spec.rows:
+        cells = [format_cell(by_key[(row.name, p)]) for p in pairs]
+        ours, paper = speed[row.name]
+        sp = "-" if ours is None else f"{ours:.1f}x"
+        if paper is not None:
+            sp += f"<br>paper {paper:g}x"
+        budget = next((by_key[(row.name, p)]["budget"] for p in pairs if by_key[(row.name, p)]["budget"]), "")
+        lines.append("| " + " | ".join([row.name, *cells, sp, budget]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = ("row", "pair", "seeds", "finished", "status", "acc1", "acc1_std", "synthesis_hours", "wall_hours",
+              "paper_acc1", "paper_hours", "gap", "speed_up", "paper_speed_up", "budget")
+
+
+def to_csv(results, speed):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for r in results:
+        ours, paper = speed[r["row"]]
+        writer.writerow({**{k: ("" if v is None else v) for k, v in r.items()},
+                         "speed_up": "" if ours is None else ours, "paper_speed_up": "" if paper is None else paper})
+    return buf.getvalue()
+
+
+def plot(spec, results, folder):
+    """accuracy_vs_hours.png (ours filled, the paper's hollow, log hours) and accuracy_per_epoch.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row.name for row in spec.rows]
+    colors = {name: plt.cm.tab20(i % 20) for i, name in enumerate(rows)}
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in results:
+        if r["acc1"] is not None and r["synthesis_hours"]:
+            ax.scatter(r["synthesis_hours"], r["acc1"], color=colors[r["row"]], label=r["row"])
+        if r["paper_acc1"] is not None and r["paper_hours"]:
+            ax.scatter(r["paper_hours"], r["paper_acc1"], facecolors="none", edgecolors=colors[r["row"]],
+                       label=f"{r['row']} (paper)")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if unique:
+        ax.set_xscale("log")
+        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="best")
+    ax.set_xlabel("synthesis hours (log scale)")
+    ax.set_ylabel("student top-1 (%)")
+    ax.set_title(f"{spec.name}: accuracy against synthesis time (filled: ours, hollow: paper)")
+    paths.append(os.path.join(folder, "accuracy_vs_hours.png"))
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in results:
+        for seed, history in r["histories"]:
+            label = f"{r['row']} {r['pair']}" + (f" s{seed}" if r["seeds"] > 1 else "")
+            ax.plot([h["epoch"] + 1 for h in history], [h["acc1"] for h in history], color=colors[r["row"]],
+                    label=label)
+    if ax.lines:
+        ax.legend(fontsize=6, loc="best")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"{spec.name}: accuracy per epoch")
+    paths.append(os.path.join(folder, "accuracy_per_epoch.png"))
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def write_table(spec, folder=None):
+    """Collect the spec's cells and write table.md, table.csv and the two plots into ``folder``
+    (default: the spec's root). Returns (markdown text, list of written paths)."""
+    folder = folder or spec.root
+    results, speed = collect(spec)
+    text = markdown(spec, results, speed)
+    header = f"# {spec.name}\n\n{spec.description.strip()}\n\n" if spec.description else f"# {spec.name}\n\n"
+    notes = ("Cells: best top-1 (%) of the student, (synthesis hours; total wall hours); mean +- std over seeds "
+             "when there are several. Speed-up: mean over pairs of the reference row's synthesis hours over "
+             f"this row's{' (reference: ' + spec.reference_row + ')' if spec.reference_row else ''}.\n\n")
+    paths = [os.path.join(folder, "table.md"), os.path.join(folder, "table.csv")]
+    atomic_write_text(header + notes + text, paths[0])
+    atomic_write_text(to_csv(results, speed), paths[1])
+    paths += plot(spec, results, folder)
+    return header + notes + text, paths
+
