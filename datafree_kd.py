@@ -26,7 +26,7 @@ from datafree import distributed
 from datafree.checkpoint import record_epoch, save_checkpoint
 from datafree.engine import distill_steps, evaluate, resume_training
 from datafree.errors import CheckpointError, UsageError
-from datafree.pool import ImagePool
+from datafree.pool import REPLACE_RULES, ImagePool
 from datafree.precision import MODES as PRECISIONS, Precision
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer
 from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, run_cli, run_summary_info
@@ -35,7 +35,8 @@ from datafree.utils.misc import rng_state, set_rng_state
 # Flags that belong to particular methods; setting one away from its default for a method
 # that ignores it is an error.
 METHOD_FLAGS = ("adv", "bn", "oh", "act", "balance", "tv", "l2", "cr", "cr_T", "cmi_init", "lr_g", "lr_z",
-                "g_steps", "reset_l0", "reset_bn", "bn_mmt", "is_maml", "lr_g_meta", "lr_z_meta", "reinit", "rand_label")
+                "g_steps", "reset_l0", "reset_bn", "bn_mmt", "is_maml", "lr_g_meta", "lr_z_meta", "reinit", "rand_label",
+                "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule")
 
 
 def build_parser():
@@ -78,6 +79,20 @@ def build_parser():
     synth.add_argument("--save_dir", default="run/synthesis", help="folder for --save_pool")
     synth.add_argument("--save_pool", action="store_true",
                        help="write the synthetic pool as PNG files into --save_dir at the end")
+
+    ssd = parser.add_argument_group("SSD-KD (--method ssd; see README: what is from the paper and what is ours)")
+    ssd.add_argument("--ssd_buffer_size", default=0, type=int,
+                     help="images the replay buffer holds (default 0: 10%% of the dataset's training set)")
+    ssd.add_argument("--ssd_gamma", default=2.0, type=float,
+                     help="difficulty exponent of the modulating function: (1 - teacher confidence)^gamma")
+    ssd.add_argument("--ssd_beta", default=0.4, type=float,
+                     help="importance-sampling exponent at the start; it rises linearly to 1 by the last call")
+    ssd.add_argument("--ssd_alpha", default=0.6, type=float,
+                     help="priority exponent: P(i) proportional to priority_i^alpha (0: uniform draws)")
+    ssd.add_argument("--ssd_replace", default=0.1, type=float,
+                     help="share of a full buffer replaced per synthesis call (capped at one batch)")
+    ssd.add_argument("--ssd_replace_rule", default="priority", choices=REPLACE_RULES,
+                     help="which stored images a full buffer gives up: lowest priority, oldest, or random")
 
     kd = parser.add_argument_group("distillation")
     kd.add_argument("--teacher", default="wrn40_2", choices=registry.model_names())
@@ -190,10 +205,10 @@ def build_scheduler(args, optimizer):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs - args.warmup, eta_min=2e-4)
 
 
-def synthesizer_config(args, num_classes, image_shape):
+def synthesizer_config(args, num_classes, image_shape, train_size=None):
     """The synthesizer's view of the run; batch sizes are this process's share under torchrun."""
     config = SimpleNamespace(**vars(args), num_classes=num_classes, nc=image_shape[0], img_size=image_shape[-1],
-                             **registry.NORMALIZE_DICT[args.dataset])
+                             train_size=train_size, **registry.NORMALIZE_DICT[args.dataset])
     config.batch_size = distributed.per_process(args.batch_size)
     config.synthesis_batch_size = distributed.per_process(args.synthesis_batch_size, "--synthesis_batch_size")
     return config
@@ -223,7 +238,7 @@ def main(argv=None):
     args = parse_args(argv)
     device, resume_path = prepare_run(args, f"datafree-{args.method}", f"{args.dataset}-{args.teacher}-{args.student}")
 
-    num_classes, _, val_set = registry.get_dataset(args.dataset, args.data_root, args.download)
+    num_classes, train_set, val_set = registry.get_dataset(args.dataset, args.data_root, args.download)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(args.batch_size, 256), shuffle=False,
                                              sampler=distributed.eval_sampler(val_set),
                                              num_workers=args.workers, pin_memory=device.type == "cuda")
@@ -238,7 +253,7 @@ def main(argv=None):
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
 
-    config = synthesizer_config(args, num_classes, tuple(val_set[0][0].shape))
+    config = synthesizer_config(args, num_classes, tuple(val_set[0][0].shape), train_size=len(train_set))
     synthesizer = SYNTHESIZERS[args.method](teacher, student, config, device)
     if args.channels_last and hasattr(synthesizer, "generator"):
         synthesizer.generator.to(memory_format=torch.channels_last)

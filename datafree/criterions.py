@@ -20,13 +20,15 @@ def agreement_mask(student_logits, teacher_logits):
     return (student_logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).float()
 
 
-def adversarial_kl(student_logits, teacher_logits):
+def adversarial_kl(student_logits, teacher_logits, weights=None):
     """Negative student-teacher KL, counted only where their top-1 agree (Fast DFKD's L_adv).
 
     Minimising it pushes the generator towards samples the student still gets wrong in
-    distribution while both networks agree on the label.
+    distribution while both networks agree on the label. ``weights`` (N,) weigh the samples.
     """
     mask = agreement_mask(student_logits, teacher_logits)
+    if weights is not None:
+        mask = mask * weights
     return -(kldiv_per_sample(student_logits, teacher_logits) * mask).mean()
 
 

@@ -5,6 +5,7 @@ over the folder after each synthesis; this pool keeps the same quantised pixels 
 device and draws shuffled batches without replacement (a new permutation for each pass,
 restarted whenever images are added, as the rebuilt loader did).
 """
+import math
 import os
 
 import torch
@@ -78,3 +79,115 @@ class ImagePool:
         for i, img in enumerate(self.images.cpu()):
             array = img.permute(1, 2, 0).squeeze(-1).numpy()
             Image.fromarray(array).save(os.path.join(folder, f"{i:06d}.png"))
+
+
+REPLACE_RULES = ("priority", "oldest", "random")
+
+
+class PrioritizedPool(ImagePool):
+    """A bounded pool drawn by priority, as in prioritised experience replay (Schaul et al., 2016).
+
+    Each stored image keeps a priority ``p_i`` (its latest teacher-student discrepancy), a
+    modulating weight ``phi_i`` and the teacher's predicted class. Batches are drawn with
+    replacement with ``P(i) = p_i^alpha / sum_j p_j^alpha``; the importance-sampling weight of a
+    draw is ``(n P(i))^-beta / max_j (n P(j))^-beta`` (n: images stored), which corrects the bias
+    of prioritised draws when beta = 1.
+
+    While the pool has room, new images are appended. Once it holds ``capacity`` images, each
+    ``add`` admits at most ``ceil(replace * capacity)`` of the new images (those with the
+    largest ``phi``) in place of as many stored ones chosen by ``rule``: ``priority`` evicts
+    the lowest priorities (what the student has learned best), ``oldest`` the earliest added,
+    ``random`` uniformly drawn ones. New images get the largest stored priority so that each is
+    drawn soon.
+    """
+
+    def __init__(self, device, capacity, alpha=0.6, replace=0.1, rule="priority", eps=1e-3):
+        super().__init__(device)
+        if capacity < 1:
+            raise ValueError("a prioritised pool needs a capacity of at least one image")
+        if rule not in REPLACE_RULES:
+            raise ValueError(f"unknown replacement rule '{rule}'; choose one of {', '.join(REPLACE_RULES)}")
+        self.capacity, self.alpha, self.replace, self.rule, self.eps = capacity, alpha, replace, rule, eps
+        self.priority = torch.empty(0, device=self.device)
+        self.weight = torch.empty(0, device=self.device)
+        self.label = torch.empty(0, dtype=torch.long, device=self.device)
+        self.age = torch.empty(0, dtype=torch.long, device=self.device)
+        self.added = 0          # images ever admitted: the age stamp of the next one
+
+    def _stamps(self, n):
+        stamps = torch.arange(self.added, self.added + n, device=self.device)
+        self.added += n
+        return stamps
+
+    def _new_priority(self, n):
+        top = self.priority.max() if len(self.priority) else torch.ones((), device=self.device)
+        return top.expand(n).clone()
+
+    def add(self, images, weights, labels):
+        """Store a float batch in [0, 1] with its modulating weights and predicted classes.
+        Returns the indices (slots) the admitted images now occupy."""
+        weights, labels = weights.detach().to(self.device).float(), labels.to(self.device)
+        free = self.capacity - self.size
+        n_append = min(free, len(images))
+        slots = []
+        if n_append > 0:
+            order = torch.argsort(weights, descending=True)[:n_append]
+            new_priority = self._new_priority(n_append)
+            start = self.size
+            super().add(images[order.to(images.device)])
+            self.priority = torch.cat([self.priority, new_priority])
+            self.weight = torch.cat([self.weight, weights[order]])
+            self.label = torch.cat([self.label, labels[order]])
+            self.age = torch.cat([self.age, self._stamps(n_append)])
+            slots.append(torch.arange(start, self.size, device=self.device))
+        elif free == 0:
+            k = min(len(images), max(1, math.ceil(self.replace * self.capacity)))
+            chosen = torch.argsort(weights, descending=True)[:k]
+            victims = self.evict(k)
+            self._data[victims] = quantize(images[chosen.to(images.device)]).to(self.device)
+            self.priority[victims] = self._new_priority(k)
+            self.weight[victims] = weights[chosen]
+            self.label[victims] = labels[chosen]
+            self.age[victims] = self._stamps(k)
+            slots.append(victims)
+            self._perm, self._pos = None, 0
+        return torch.cat(slots) if slots else torch.empty(0, dtype=torch.long, device=self.device)
+
+    def evict(self, k):
+        """The k stored slots that the replacement rule gives up."""
+        if self.rule == "priority":
+            return torch.argsort(self.priority)[:k]
+        if self.rule == "oldest":
+            return torch.argsort(self.age)[:k]
+        return torch.randperm(self.size, device=self.device)[:k]
+
+    def probabilities(self):
+        scaled = self.priority.clamp_min(self.eps) ** self.alpha
+        return scaled / scaled.sum()
+
+    def importance_weights(self, index, beta):
+        """(n P(i))^-beta normalised by the largest weight any stored image could get."""
+        probs = self.probabilities()
+        weights = (self.size * probs[index]) ** (-beta)
+        return weights / (self.size * probs.min()) ** (-beta)
+
+    def sample_prioritized(self, batch_size, beta, generator=None):
+        """(images in [0, 1], indices, importance weights) of ``batch_size`` draws by priority."""
+        if self.size == 0:
+            raise RuntimeError("the synthetic pool is empty: synthesize before sampling")
+        index = torch.multinomial(self.probabilities(), batch_size, replacement=True, generator=generator)
+        return self._data[index].float().div_(255), index, self.importance_weights(index, beta)
+
+    def update_priorities(self, index, discrepancy):
+        """Refresh the priorities of drawn images with their latest discrepancy (repeats: last wins)."""
+        self.priority[index] = discrepancy.detach().float().abs().to(self.device) + self.eps
+
+    def state_dict(self):
+        return {**super().state_dict(), "priority": self.priority.cpu(), "weight": self.weight.cpu(),
+                "label": self.label.cpu(), "age": self.age.cpu(), "added": self.added}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        for key in ("priority", "weight", "label", "age"):
+            setattr(self, key, state[key].to(self.device))
+        self.added = state["added"]

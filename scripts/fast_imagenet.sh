@@ -28,6 +28,6 @@ run() {
   fi
 }
 
-run --config configs/imagenet/fast50-resnet50-resnet50.yaml "$@"
-run --config configs/imagenet/fast50-resnet50-resnet18.yaml "$@"
-run --config configs/imagenet/fast50-resnet50-mobilenetv2.yaml "$@"
+run --config configs/imagenet/fast50-resnet50_imagenet-resnet50_imagenet.yaml "$@"
+run --config configs/imagenet/fast50-resnet50_imagenet-resnet18_imagenet.yaml "$@"
+run --config configs/imagenet/fast50-resnet50_imagenet-mobilenetv2_imagenet.yaml "$@"

@@ -9,8 +9,8 @@ Every (row, teacher/student pair, seed) of the spec is a cell with its own run f
 continued with --resume, so stopping the runner (Ctrl-C, a killed job) and starting it again
 finishes the table without redoing finished work. A cell whose script fails is marked failed
 (runner.json, runner.log in its folder) and the runner goes on with the others; the table shows
-it as failed. The table is written to ROOT/table.md and table.csv with two plots
-(accuracy_vs_hours.png, accuracy_per_epoch.png).
+it as failed. The table is written to ROOT/table.md and table.csv with three plots
+(accuracy_vs_hours.png, accuracy_per_epoch.png, accuracy_vs_wall.png).
 """
 import argparse
 import os

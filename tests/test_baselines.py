@@ -87,7 +87,9 @@ def make_config(**overrides):
                   synthesis_batch_size=8, fp16=False, T=4.0, adv=1.0, bn=1.0, oh=1.0, act=0.1, balance=1.0,
                   tv=0.0, l2=0.0, cr=0.8, cr_T=0.2, cmi_init=None, lr_g=0.01, lr_z=0.01, g_steps=2,
                   reset_l0=0, reset_bn=0, bn_mmt=0.0, is_maml=1, warmup=0, teacher="resnet8",
-                  lr_g_meta=1e-4, lr_z_meta=5e-3, reinit=0, rand_label=1)
+                  lr_g_meta=1e-4, lr_z_meta=5e-3, reinit=0, rand_label=1, epochs=2, ep_steps=4, kd_steps=2,
+                  train_size=100, ssd_buffer_size=0, ssd_gamma=2.0, ssd_beta=0.4, ssd_alpha=0.6, ssd_replace=0.1,
+                  ssd_replace_rule="priority")
     values.update(overrides)
     return SimpleNamespace(**values)
 

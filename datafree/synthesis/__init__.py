@@ -1,5 +1,5 @@
 """Synthesizers: one data-free method per module, registered under its ``--method`` name."""
-from . import cmi, deepinv, fast, fast_imagenet, generative
+from . import cmi, deepinv, fast, fast_imagenet, generative, ssd  # noqa: F401  (registration)
 from .base import SYNTHESIZERS, BaseSynthesizer, PoolSynthesizer, register_synthesizer
 
 __all__ = ["SYNTHESIZERS", "BaseSynthesizer", "PoolSynthesizer", "register_synthesizer",

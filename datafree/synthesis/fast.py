@@ -60,14 +60,21 @@ class FastSynthesizer(PoolSynthesizer):
             meta_cls = FirstOrderMAML if c.is_maml else Reptile
             self.meta = meta_cls(self.generator, lr=c.lr_g * c.g_steps)
 
+    def sample_weights(self, teacher_logits):
+        """Per-sample weights of the one-hot and adversarial terms; None: a plain batch mean."""
+        return None
+
     def inversion_loss(self, images, targets):
         """The weighted loss and its terms for one batch of generated images in [0, 1]."""
         c = self.config
         inputs = self.aug(images)
         t_out = self.teacher(inputs)
-        terms = {"bn": bn_loss(self.hooks), "oh": F.cross_entropy(t_out, targets)}
+        weights = self.sample_weights(t_out)
+        one_hot = (F.cross_entropy(t_out, targets) if weights is None
+                   else (weights * F.cross_entropy(t_out, targets, reduction="none")).mean())
+        terms = {"bn": bn_loss(self.hooks), "oh": one_hot}
         if c.adv > 0 and self.calls >= c.warmup:
-            terms["adv"] = adversarial_kl(self.student(inputs), t_out)
+            terms["adv"] = adversarial_kl(self.student(inputs), t_out, weights)
         total = c.bn * terms["bn"] + c.oh * terms["oh"] + c.adv * terms.get("adv", 0.0)
         return total, terms
 
@@ -108,8 +115,11 @@ class FastSynthesizer(PoolSynthesizer):
         if self.meta is not None:
             self.meta.finish(fast_generator)
         self.student.train()
-        self.pool.add(best.values["images"])
+        self.add_to_pool(best.values["images"])
         return {"images": best.values["images"], **best.report()}
+
+    def add_to_pool(self, images):
+        self.pool.add(images)
 
     def state_dict(self):
         return {**super().state_dict(),

@@ -50,6 +50,7 @@ class FastMetaImageNetSynthesizer(PoolSynthesizer):
                        "is_maml", "reinit", "rand_label", "cmi_init"})
     distributed_ready = True
     inversion_loss = FastSynthesizer.inversion_loss   # bn * L_bn + oh * CE + adv * L_adv on self.aug(images)
+    sample_weights = FastSynthesizer.sample_weights
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)

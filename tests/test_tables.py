@@ -1,0 +1,219 @@
+"""The table runner and collector (datafree/tables.py, scripts/reproduce_table.py) on fabricated runs."""
+import csv
+import importlib.util
+import io
+import os
+import types
+
+import pytest
+
+from datafree.checkpoint import record_epoch
+from datafree.errors import UsageError
+from datafree.tables import collect, load_paper, load_spec, markdown, speed_up, write_runner, write_table
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SPEC = """
+name: mini
+dataset: digits
+paper: cifar10
+reference_row: DeepInv-2k
+teacher_ckpt: "{root}/teachers/{dataset}_{teacher}.pth"
+seeds: [0, 1]
+pairs:
+  - [wrn40_2, wrn16_1]
+  - [wrn40_2, wrn40_1]
+rows:
+  - name: Teacher
+    script: train_scratch.py
+    per_teacher: true
+    seeds: [0]
+    args: {model: "{teacher}", epochs: 2, save_teacher: "{teacher_ckpt}"}
+  - name: DeepInv-2k
+    config: configs/digits/mini/deepinv.yaml
+  - name: Fast-5
+    config: configs/digits/mini/fast5.yaml
+    args: {epochs: 2}
+"""
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    return load_spec(str(path), root=str(tmp_path / "runs"))
+
+
+def fake_run(folder, accs, synthesis=None, epochs=None, script="datafree_kd"):
+    """Write the summary.json a script would write after each of ``accs``' epochs."""
+    epochs = epochs or len(accs)
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, "last.pth"), "w").close()       # the runner resumes when it exists
+    for epoch, acc in enumerate(accs):
+        totals = {} if synthesis is None else {"synthesis_seconds": synthesis * (epoch + 1) / len(accs)}
+        record_epoch(folder, epoch=epoch, epochs=epochs, acc1=acc, epoch_seconds=10.0,
+                     info={"script": script, "args": {"method": "fast_meta", "epochs": epochs, "ep_steps": 20,
+                                                       "kd_steps": 20, "batch_size": 128, "g_steps": 5}}, **totals)
+
+
+def cell(spec, row, student, seed):
+    return next(c for c in spec.cells() if c.row.name == row and c.student == student and c.seed == seed)
+
+
+def test_cells_and_commands(spec):
+    cells = spec.cells()
+    # Teacher once per teacher (one seed), the other rows per pair and seed.
+    assert [(c.row.name, c.pair, c.seed) for c in cells][:3] == [
+        ("Teacher", "wrn40_2-wrn16_1", 0), ("DeepInv-2k", "wrn40_2-wrn16_1", 0), ("DeepInv-2k", "wrn40_2-wrn16_1", 1)]
+    assert len(cells) == 1 + 2 * 2 * 2
+    teacher = cells[0]
+    assert teacher.folder == os.path.join(spec.root, "teacher", "wrn40_2", "seed0")
+    cmd = spec.command(teacher, python="py")
+    assert cmd[:2] == ["py", "train_scratch.py"] and "--teacher" not in cmd
+    assert cmd[cmd.index("--save_teacher") + 1] == os.path.join(spec.root, "teachers", "digits_wrn40_2.pth")
+    fast = cell(spec, "Fast-5", "wrn40_1", 1)
+    cmd = spec.command(fast, python="py", resume=True)
+    assert cmd[1:4] == ["datafree_kd.py", "--config", "configs/digits/mini/fast5.yaml"]
+    flags = dict(zip(cmd[4:-1:2], cmd[5:-1:2]))
+    assert flags == {"--dataset": "digits", "--seed": "1", "--output": fast.folder, "--teacher": "wrn40_2",
+                     "--student": "wrn40_1", "--teacher_ckpt": os.path.join(spec.root, "teachers", "digits_wrn40_2.pth"),
+                     "--epochs": "2"}
+    assert cmd[-1] == "--resume"
+
+
+def test_speed_up_is_mean_of_per_pair_ratios():
+    # The paper's Fast-2 CIFAR-10 column: 655.0x from DeepInv-2k's and Fast-2's hours.
+    paper, printed = load_paper("cifar10")
+    pairs = paper["Fast-2"].keys()
+    deepinv = {p: paper["DeepInv-2k"][p][1] for p in pairs}
+    fast2 = {p: paper["Fast-2"][p][1] for p in pairs}
+    assert speed_up(deepinv, fast2) == pytest.approx(655.0, abs=0.05)
+    assert printed["Fast-2"] == 655.0
+    cmi = {p: paper["CMI-500"][p][1] for p in pairs}
+    assert round(speed_up(deepinv, cmi), 1) == 1.6
+    assert speed_up({"a": 10.0, "b": 4.0}, {"a": 2.0, "b": 1.0, "c": 3.0}) == pytest.approx((5 + 4) / 2)
+    assert speed_up({"a": 10.0}, {"b": 1.0}) is None
+
+
+def test_collector_means_gaps_and_failed_runs(spec):
+    fake_run(cell(spec, "Teacher", "wrn16_1", 0).folder, [90.0, 95.0], script="scratch")
+    for seed, (acc, syn) in enumerate([(80.0, 3600.0), (84.0, 7200.0)]):
+        fake_run(cell(spec, "DeepInv-2k", "wrn16_1", seed).folder, [50.0, acc], synthesis=syn)
+        fake_run(cell(spec, "Fast-5", "wrn16_1", seed).folder, [60.0, 82.0 + 2 * seed], synthesis=36.0)
+    fake_run(cell(spec, "DeepInv-2k", "wrn40_1", 0).folder, [70.0, 71.0], synthesis=1800.0)
+    fake_run(cell(spec, "DeepInv-2k", "wrn40_1", 1).folder, [70.0], synthesis=900.0, epochs=2)    # still running
+    failed = cell(spec, "Fast-5", "wrn40_1", 0).folder
+    fake_run(failed, [10.0], synthesis=5.0, epochs=2)
+    write_runner(failed, status="failed", returncode=1, command=[])
+
+    results, speed = collect(spec)
+    by = {(r["row"], r["pair"]): r for r in results}
+    teacher = by[("Teacher", "wrn40_2-wrn40_1")]        # one teacher run serves both pairs
+    assert teacher["acc1"] == 95.0 and teacher["status"] == "done" and teacher["paper_acc1"] == 94.87
+    assert teacher["gap"] == pytest.approx(95.0 - 94.87)
+    deepinv = by[("DeepInv-2k", "wrn40_2-wrn16_1")]
+    assert deepinv["acc1"] == pytest.approx(82.0) and deepinv["acc1_std"] == pytest.approx(2.8284271, rel=1e-6)
+    assert deepinv["synthesis_hours"] == pytest.approx(1.5) and deepinv["wall_hours"] == pytest.approx(20 / 3600)
+    assert deepinv["paper_acc1"] == 83.04 and deepinv["paper_hours"] == 16.9
+    assert deepinv["gap"] == pytest.approx(82.0 - 83.04)
+    partial = by[("DeepInv-2k", "wrn40_2-wrn40_1")]     # one seed finished, one not: never averaged in
+    assert partial["acc1"] == 71.0 and partial["finished"] == 1 and partial["status"] == "partial"
+    broken = by[("Fast-5", "wrn40_2-wrn40_1")]
+    assert broken["acc1"] is None and broken["status"] == "failed/missing"   # seed 1 never ran
+    # Speed-up over the pairs where both rows have hours: only wrn16_1 for Fast-5 (0.01 h).
+    assert speed["Fast-5"][0] == pytest.approx(1.5 / 0.01)
+    assert speed["Fast-5"][1] == 247.1 and speed["DeepInv-2k"][0] == pytest.approx(1.0)
+    assert speed["Teacher"][0] is None
+
+    text = markdown(spec, results, speed)
+    line = next(l for l in text.splitlines() if l.startswith("| Fast-5 "))
+    assert "failed" in line and "| 0.00" not in line and "150.0x" in line
+    assert "83.00 +- 1.41 (0.010h; wall 0.006h)<br>paper 88.90 (0.08h), gap -5.90" in line
+
+
+def test_write_table_outputs(spec):
+    fake_run(cell(spec, "DeepInv-2k", "wrn16_1", 0).folder, [50.0, 80.0], synthesis=3600.0)
+    fake_run(cell(spec, "Fast-5", "wrn16_1", 0).folder, [60.0, 82.0], synthesis=36.0)
+    text, paths = write_table(spec)
+    assert [os.path.basename(p) for p in paths] == ["table.md", "table.csv", "accuracy_vs_hours.png",
+                                                    "accuracy_per_epoch.png", "accuracy_vs_wall.png"]
+    assert all(os.path.getsize(p) > 0 for p in paths)
+    rows = list(csv.DictReader(io.StringIO(open(paths[1]).read())))
+    fast = next(r for r in rows if r["row"] == "Fast-5" and r["pair"] == "wrn40_2-wrn16_1")
+    assert float(fast["acc1"]) == 82.0 and float(fast["speed_up"]) == pytest.approx(100.0)
+    assert fast["status"] == "missing"           # seed 1 never ran
+    missing = next(r for r in rows if r["row"] == "Teacher")
+    assert missing["acc1"] == "" and missing["status"] == "missing"
+
+
+def test_spec_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPEC.replace("reference_row: DeepInv-2k", "reference_row: Nope"))
+    with pytest.raises(UsageError, match="reference_row 'Nope'"):
+        load_spec(str(bad))
+    bad.write_text(SPEC.replace("script: train_scratch.py", "script: train.py"))
+    with pytest.raises(UsageError, match="script must be one of"):
+        load_spec(str(bad))
+    with pytest.raises(UsageError, match="does not exist"):
+        load_spec(str(tmp_path / "none.yaml"))
+
+
+def load_runner():
+    path = os.path.join(REPO, "scripts", "reproduce_table.py")
+    module_spec = importlib.util.spec_from_file_location("reproduce_table", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_runner_skips_finished_cells_and_resumes_interrupted_ones(tmp_path, monkeypatch):
+    """A stop in the middle of the table: the restart runs only what is unfinished, resuming."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.replace("seeds: [0, 1]", "seeds: [0]"))
+    runner = load_runner()
+    calls, interrupt = [], {"at": 3}
+
+    def fake_subprocess_run(cmd, cwd, stdout, stderr):
+        calls.append(cmd)
+        output = cmd[cmd.index("--output") + 1]
+        if len(calls) == interrupt["at"]:      # the runner is killed during this cell's first epoch
+            fake_run(output, [40.0], synthesis=1.0, epochs=2)
+            raise KeyboardInterrupt
+        if "--resume" in cmd:                  # the epoch left to do
+            record_epoch(output, epoch=1, epochs=2, acc1=70.0, epoch_seconds=10.0, synthesis_seconds=2.0)
+        else:
+            fake_run(output, [50.0, 70.0], synthesis=2.0)
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_subprocess_run)
+    argv = [str(path), "--root", str(tmp_path / "runs")]
+    with pytest.raises(KeyboardInterrupt):
+        runner.main(argv)
+    assert len(calls) == 3
+    first_pass = list(calls)
+    assert runner.main(argv) == 0
+    second = calls[len(first_pass):]
+    # The two finished cells are not run again; the interrupted one resumes; the rest start fresh.
+    assert second[0][:-1] == first_pass[2] and second[0][-1] == "--resume"
+    assert all("--resume" not in c for c in second[1:])
+    assert len(second) == 3                   # 5 cells: 2 finished before the stop
+    assert os.path.isfile(tmp_path / "runs" / "table.md")
+
+
+def test_runner_marks_a_failing_cell_and_goes_on(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.replace("seeds: [0, 1]", "seeds: [0]"))
+    runner = load_runner()
+
+    def fake_subprocess_run(cmd, cwd, stdout, stderr):
+        if "deepinv" in " ".join(cmd):
+            return types.SimpleNamespace(returncode=2)
+        fake_run(cmd[cmd.index("--output") + 1], [50.0, 70.0], synthesis=2.0)
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_subprocess_run)
+    assert runner.main([str(path), "--root", str(tmp_path / "runs")]) == 1
+    table = (tmp_path / "runs" / "table.md").read_text()
+    line = next(l for l in table.splitlines() if l.startswith("| DeepInv-2k "))
+    assert line.count("failed") == 2
+    assert "2 cell(s) failed" in capsys.readouterr().err
