@@ -145,22 +145,9 @@ def all_reduce_sum(*values):
     return tuple(t.tolist())
 
 
-@torch.no_grad()
 def average_gradients(params):
     """Replace each parameter's gradient by its mean over the ranks (one flat all-reduce)."""
-    world = get_world_size()
-    if world == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat.div_(world)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    average_tensors([p.grad for p in params if p.grad is not None])
 
 
 @torch.no_grad()
