@@ -76,6 +76,9 @@ def build_parser():
                        help="fast_meta_imagenet: 1 new random targets every call, 0 one fixed target per latent")
     synth.add_argument("--synthesis_batch_size", default=None, type=int,
                        help="images per synthesis call (default: --batch_size)")
+    synth.add_argument("--img_size", default=None, type=int,
+                       help="side of the synthetic images (default: the width of the test images; "
+                            "set it for segmentation, e.g. 128 for NYUv2)")
     synth.add_argument("--save_dir", default="run/synthesis", help="folder for --save_pool")
     synth.add_argument("--save_pool", action="store_true",
                        help="write the synthetic pool as PNG files into --save_dir at the end")
@@ -205,10 +208,11 @@ def build_scheduler(args, optimizer):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs - args.warmup, eta_min=2e-4)
 
 
-def synthesizer_config(args, num_classes, image_shape, train_size=None):
+def synthesizer_config(args, num_classes, image_shape, train_size=None, task=None):
     """The synthesizer's view of the run; batch sizes are this process's share under torchrun."""
-    config = SimpleNamespace(**vars(args), num_classes=num_classes, nc=image_shape[0], img_size=image_shape[-1],
-                             train_size=train_size, **registry.NORMALIZE_DICT[args.dataset])
+    values = {**vars(args), "img_size": args.img_size or image_shape[-1]}
+    config = SimpleNamespace(**values, num_classes=num_classes, nc=image_shape[0], train_size=train_size, task=task,
+                             **registry.NORMALIZE_DICT[args.dataset])
     config.batch_size = distributed.per_process(args.batch_size)
     config.synthesis_batch_size = distributed.per_process(args.synthesis_batch_size, "--synthesis_batch_size")
     return config
@@ -239,13 +243,17 @@ def main(argv=None):
     device, resume_path = prepare_run(args, f"datafree-{args.method}", f"{args.dataset}-{args.teacher}-{args.student}")
 
     num_classes, train_set, val_set = registry.get_dataset(args.dataset, args.data_root, args.download)
+    task = registry.get_task(args.dataset)
+    if task.name not in SYNTHESIZERS[args.method].tasks:
+        raise UsageError(f"method '{args.method}' does not support {task.name} (dataset '{args.dataset}'); "
+                         f"choose one of: {', '.join(sorted(n for n, c in SYNTHESIZERS.items() if task.name in c.tasks))}")
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(args.batch_size, 256), shuffle=False,
                                              sampler=distributed.eval_sampler(val_set),
                                              num_workers=args.workers, pin_memory=device.type == "cuda")
-    student = registry.get_model(args.student, num_classes).to(device)
+    student = registry.get_model(args.student, num_classes, task=task).to(device)
     if args.evaluate_only:
-        return evaluate_checkpoint(student, resume_path, args.student, val_loader, device)
-    teacher = load_teacher(registry.get_model(args.teacher, num_classes), args.teacher_ckpt,
+        return evaluate_checkpoint(student, resume_path, args.student, val_loader, device, task)
+    teacher = load_teacher(registry.get_model(args.teacher, num_classes, task=task), args.teacher_ckpt,
                            args.dataset, args.teacher, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -253,7 +261,7 @@ def main(argv=None):
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
 
-    config = synthesizer_config(args, num_classes, tuple(val_set[0][0].shape), train_size=len(train_set))
+    config = synthesizer_config(args, num_classes, tuple(val_set[0][0].shape), train_size=len(train_set), task=task)
     synthesizer = SYNTHESIZERS[args.method](teacher, student, config, device)
     if args.channels_last and hasattr(synthesizer, "generator"):
         synthesizer.generator.to(memory_format=torch.channels_last)
@@ -281,11 +289,11 @@ def main(argv=None):
     try:
         logger.args(args)
         if resume_path:
-            logger.info(f"resumed from {resume_path} at epoch {run['epoch']} (best acc@1 {run['best_acc1']:.2f})")
+            logger.info(f"resumed from {resume_path} at epoch {run['epoch']} (best {task.label} {run['best_acc1']:.2f})")
         train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger,
               kd_student)
         hours = run["synthesis_seconds"] / 3600
-        logger.info(f"Best acc@1: {run['best_acc1']:.2f}  synthesis cost: {hours:.4f} h "
+        logger.info(f"Best {task.label}: {run['best_acc1']:.2f}  synthesis cost: {hours:.4f} h "
                     f"({run['synthesis_seconds']:.1f} s)  KD: {run['kd_seconds']:.1f} s  "
                     f"total wall: {run['wall_seconds']:.1f} s  (run folder: {args.output})")
         if args.save_pool:
@@ -312,6 +320,7 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
     kd_student = kd_student or student
     rounds = args.ep_steps // args.kd_steps
     summary_info = run_summary_info("datafree_kd", args, args.student)
+    task = synthesizer.task
     sampling_is_synthesis = synthesizer.sampling_is_synthesis
     for epoch in range(run["epoch"], args.epochs):
         epoch_start = now(device)
@@ -331,15 +340,15 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
                 phase["kd"] += kd_seconds - moved
 
         tic = now(device)
-        stats = evaluate(student, val_loader, device)
+        stats = evaluate(student, val_loader, device, task)
         phase["eval"] = now(device) - tic
         lr = optimizer.param_groups[0]["lr"]
         if epoch >= args.warmup:
             scheduler.step()
 
         tic = now(device)
-        is_best = stats["acc1"] > run["best_acc1"]
-        run["best_acc1"] = max(run["best_acc1"], stats["acc1"])
+        is_best = stats[task.primary] > run["best_acc1"]
+        run["best_acc1"] = max(run["best_acc1"], stats[task.primary])
         run["synthesis_seconds"] += phase["synthesis"]
         run["kd_seconds"] += phase["kd"]
         run["epoch"] = epoch + 1
@@ -348,7 +357,7 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
             save_image(grid, os.path.join(args.output, "synthetic.png"))
             logger.writer.add_image("synthetic", grid, epoch)
         losses = {k: v for k, v in syn_out.items() if k.startswith("loss")}
-        logger.scalars({"acc1": stats["acc1"], "acc5": stats["acc5"], "loss": stats["loss"]}, epoch, "val/")
+        logger.scalars(task.scalars(stats), epoch, "val/")
         logger.scalars({"kd_loss": kd_loss, "lr": lr, **{f"{k}_seconds": v for k, v in phase.items()}},
                        epoch, "train/")
         logger.scalars(losses, epoch, "synthesis/")
@@ -366,12 +375,12 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
                      "num_classes": synthesizer.config.num_classes, "dataset": args.dataset, "teacher": args.teacher,
                      "method": args.method, "args": {k: v for k, v in vars(args).items()}, **run, **shards}
             save_checkpoint(state, args.output, is_best)
-            record_epoch(args.output, epoch=epoch, epochs=args.epochs, acc1=stats["acc1"],
+            record_epoch(args.output, epoch=epoch, epochs=args.epochs, acc1=stats[task.primary],
                          epoch_seconds=now(device) - epoch_start, info=summary_info,
                          synthesis_seconds=run["synthesis_seconds"], kd_seconds=run["kd_seconds"])
         phase["output"] = now(device) - tic
         logger.info(
-            f"[Eval] epoch={epoch} acc@1={stats['acc1']:.2f} acc@5={stats['acc5']:.2f} loss={stats['loss']:.4f} "
+            f"[Eval] epoch={epoch} {task.describe(stats)} "
             f"best={run['best_acc1']:.2f} lr={lr:.4g} kd_loss={kd_loss:.4f} "
             + " ".join(f"{k}={v:.3f}" for k, v in losses.items())
             + " | seconds: " + " ".join(f"{k}={v:.2f}" for k, v in phase.items()))

@@ -13,7 +13,10 @@ Add your own in a few lines, here or in any module imported from here::
         return train_set, val_set      # torch Datasets yielding (normalised image, label)
 
 ``--model mynet`` / ``--dataset mydata`` then work in train_scratch.py, vanilla_kd.py and
-datafree_kd.py, and appear in their ``--help``.
+datafree_kd.py, and appear in their ``--help``. Segmentation works the same way:
+``register_model(name, segmentation=True)`` for a model whose logits are (N, classes, H, W),
+``register_dataset(..., task='segmentation', ignore_index=255)`` for data yielding
+(normalised image, int64 mask).
 """
 import os
 
@@ -21,9 +24,11 @@ import torch.nn as nn
 from torchvision import datasets
 from torchvision import transforms as T
 
-from datafree.datasets import DIGITS_MEAN, DIGITS_STD, Digits
-from datafree.models import classifiers
+from datafree.datasets import DIGITS_MEAN, DIGITS_STD, NYUv2, SHAPES_MEAN, SHAPES_STD, Digits, Shapes
+from datafree.datasets.seg_transforms import segmentation_transforms
+from datafree.models import classifiers, deeplab
 from datafree.errors import DatasetNotFoundError, UnknownNameError, UsageError
+from datafree.tasks import build_task
 from datafree.utils.registry import Registry
 
 NORMALIZE_DICT = {
@@ -34,15 +39,20 @@ NORMALIZE_DICT = {
     'tiny_imagenet': dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
     'imagenet': dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
     'digits': dict(mean=DIGITS_MEAN, std=DIGITS_STD),
+    'nyuv2': dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    'shapes': dict(mean=SHAPES_MEAN, std=SHAPES_STD),
 }
 
 # CIFAR-sized classifiers, built as MODEL_DICT[name](num_classes=N).
 MODEL_DICT = Registry('model')
 # ImageNet classifiers, built as IMAGENET_MODEL_DICT[name]() with 1000 classes.
 IMAGENET_MODEL_DICT = Registry('ImageNet model')
+# Segmentation models, built as SEGMENTATION_MODEL_DICT[name](num_classes=N); logits (N, classes, H, W).
+SEGMENTATION_MODEL_DICT = Registry('segmentation model')
 # Datasets: DATASET_DICT[name](data_root, download) -> (train_set, val_set).
 DATASET_DICT = Registry('dataset')
 DATASET_NUM_CLASSES = {}
+DATASET_TASKS = {}   # name -> (task name, task options), see datafree/tasks.py
 
 # torchvision's ImageNet weights for the ImageNet models (same state-dict layout as ours).
 TORCHVISION_WEIGHTS = {
@@ -50,37 +60,72 @@ TORCHVISION_WEIGHTS = {
     'resnet50_imagenet': ('resnet50', 'ResNet50_Weights'),
     'mobilenetv2_imagenet': ('mobilenet_v2', 'MobileNet_V2_Weights'),
 }
+# DeepLab backbones initialised from those ImageNet classifiers (pretrained=True).
+SEGMENTATION_BACKBONES = {'deeplabv3_resnet50': 'resnet50_imagenet', 'deeplabv3_mobilenet': 'mobilenetv2_imagenet'}
 
 
-def register_model(name, imagenet=False):
-    """Decorator: register ``fn(num_classes)`` (or ``fn()`` with 1000 classes if ``imagenet``)."""
+def register_model(name, imagenet=False, segmentation=False):
+    """Decorator: register ``fn(num_classes)`` (or ``fn()`` with 1000 classes if ``imagenet``;
+    a segmentation model if ``segmentation``)."""
+    if segmentation:
+        return SEGMENTATION_MODEL_DICT.register(name)
     return (IMAGENET_MODEL_DICT if imagenet else MODEL_DICT).register(name)
 
 
-def register_dataset(name, num_classes, mean, std):
-    """Decorator: register ``fn(data_root, download=False) -> (train_set, val_set)``."""
+def register_dataset(name, num_classes, mean, std, task='classification', **task_options):
+    """Decorator: register ``fn(data_root, download=False) -> (train_set, val_set)``.
+
+    ``task`` names the datafree.tasks task ('classification' or 'segmentation'); extra
+    keywords (e.g. ``ignore_index=255``) are passed to it.
+    """
     def add(builder):
         DATASET_DICT.register(name, builder)
         DATASET_NUM_CLASSES[name] = num_classes
+        DATASET_TASKS[name] = (task, task_options)
         NORMALIZE_DICT[name] = dict(mean=tuple(mean), std=tuple(std))
         return builder
     return add
 
 
 def model_names():
-    return sorted(MODEL_DICT) + sorted(IMAGENET_MODEL_DICT)
+    return sorted(MODEL_DICT) + sorted(IMAGENET_MODEL_DICT) + sorted(SEGMENTATION_MODEL_DICT)
+
+
+def model_task(name):
+    """The task a registered model solves: 'segmentation' or 'classification'."""
+    return 'segmentation' if name in SEGMENTATION_MODEL_DICT else 'classification'
+
+
+def get_task(dataset):
+    """The task object (datafree.tasks) of a registered dataset: losses, metric, synthesis pieces."""
+    DATASET_DICT.lookup(dataset)   # an unknown name fails here, listing the valid ones
+    task, options = DATASET_TASKS.get(dataset, ('classification', {}))
+    return build_task(task, DATASET_NUM_CLASSES[dataset], **options)
 
 
 def dataset_names():
     return sorted(DATASET_DICT)
 
 
-def get_model(name, num_classes, pretrained=False):
-    """Build a registered classifier with ``num_classes`` outputs.
+def get_model(name, num_classes, pretrained=False, task=None):
+    """Build a registered model with ``num_classes`` outputs.
 
     ``pretrained`` only applies to ImageNet models (torchvision's weights, downloaded on
-    first use); CIFAR teachers are loaded from checkpoints by the entry scripts.
+    first use) and to the DeepLab models of the original release (their backbone gets the
+    ImageNet weights); CIFAR teachers are loaded from checkpoints by the entry scripts. With a
+    ``task`` (datafree.tasks), a model made for another task is refused.
     """
+    if task is not None and name in set(model_names()) and model_task(name) != task.name:
+        fitting = [n for n in model_names() if model_task(n) == task.name]
+        raise UsageError(f"model '{name}' is made for {model_task(name)}, but the dataset is a {task.name} "
+                         f"task; choose one of: {', '.join(fitting)}")
+    if name in SEGMENTATION_MODEL_DICT:
+        model = SEGMENTATION_MODEL_DICT[name](num_classes=num_classes)
+        if pretrained:
+            if name not in SEGMENTATION_BACKBONES:
+                raise UsageError(f"there are no built-in pretrained weights for '{name}'; load a checkpoint instead")
+            _load_backbone(model, _torchvision_state_dict(SEGMENTATION_BACKBONES[name]))
+        return model
     if name in IMAGENET_MODEL_DICT:
         model = IMAGENET_MODEL_DICT[name]()
         if pretrained:
@@ -114,6 +159,26 @@ def _torchvision_state_dict(name):
         raise UsageError(
             f"could not download torchvision's {arch} weights ({err}); without internet, "
             f"download {weights.url} elsewhere and pass it with --teacher_ckpt") from err
+
+
+def _load_backbone(model, classifier_state):
+    """Copy an ImageNet classifier's weights into a DeepLab backbone (torchvision key names:
+    ResNet keys as they are; MobileNetV2 'features.i' -> low_/high_level_features.i); the
+    classifier's own last layers have no place in the backbone and are left out."""
+    backbone = model.backbone.state_dict()
+    state = {}
+    for key, value in classifier_state.items():
+        if key.startswith('features.'):
+            index = int(key.split('.')[1])
+            part = 'low_level_features' if index < deeplab.MobileNetV2Features.LOW_LEVEL_BLOCKS else 'high_level_features'
+            key = f"{part}.{key[len('features.'):]}"
+        if key in backbone:
+            state[key] = value
+    missing = set(backbone) - set(state)
+    if missing:
+        raise UsageError(f"the ImageNet weights do not cover the backbone ({len(missing)} tensors missing, "
+                         f"e.g. {sorted(missing)[0]})")
+    model.backbone.load_state_dict(state)
 
 
 def _replace_classifier(model, num_classes):
@@ -153,6 +218,12 @@ for _name, _fn in {
 register_model('resnet18_imagenet', imagenet=True)(classifiers.resnet_in.resnet18)
 register_model('resnet50_imagenet', imagenet=True)(classifiers.resnet_in.resnet50)
 register_model('mobilenetv2_imagenet', imagenet=True)(classifiers.mobilenetv2.mobilenet_v2)
+
+# DeepLabV3 of the original release (output stride 8), and this project's CPU-sized variant.
+register_model('deeplabv3_resnet50', segmentation=True)(deeplab.deeplabv3_resnet50)
+register_model('deeplabv3_mobilenet', segmentation=True)(deeplab.deeplabv3_mobilenet)
+register_model('deeplabv3_tiny', segmentation=True)(deeplab.deeplabv3_tiny)
+register_model('deeplabv3_tiny_s', segmentation=True)(deeplab.deeplabv3_tiny_s)
 
 
 # ------------------------------------------------------------------------- datasets
@@ -243,3 +314,29 @@ def _imagenet(data_root, download=False):
                                    val_ops=[T.Resize(256), T.CenterCrop(224)])
     return _image_folders('ImageNet', root, train_tf, val_tf,
                           "put ILSVRC2012 there as train/ and val/ with one folder per class (ImageFolder layout)")
+
+
+# ------------------------------------------------------------------ segmentation datasets
+# As the original release: images resized to a shorter side of 256 and 128x128 training
+# crops; ours also draws a random scale in [0.5, 2] before the crop. Test images are the
+# whole resized image (256 x 341).
+NYUV2_BASE_SIZE, NYUV2_CROP_SIZE, NYUV2_SCALE = 256, 128, (0.5, 2.0)
+
+
+@register_dataset('nyuv2', num_classes=13, task='segmentation', ignore_index=255, **NORMALIZE_DICT['nyuv2'])
+def _nyuv2(data_root, download=False):
+    if download:
+        raise UsageError("NYUv2 cannot be downloaded by this project; put it in place as the README says "
+                         "(section Segmentation) and drop --download")
+    root = os.path.join(data_root, 'NYUv2')
+    train_tf, val_tf = segmentation_transforms(**NORMALIZE_DICT['nyuv2'], crop_size=NYUV2_CROP_SIZE,
+                                               base_size=NYUV2_BASE_SIZE, scale=NYUV2_SCALE)
+    return NYUv2(root, 'train', transforms=train_tf), NYUv2(root, 'test', transforms=val_tf)
+
+
+@register_dataset('shapes', num_classes=Shapes.num_classes, task='segmentation', ignore_index=255,
+                  mean=SHAPES_MEAN, std=SHAPES_STD)
+def _shapes(data_root, download=False):
+    # 64x64 generated images: random scale in [0.75, 1.25], 64x64 crop (padded with the ignore index), flip.
+    train_tf, val_tf = segmentation_transforms(SHAPES_MEAN, SHAPES_STD, crop_size=64, scale=(0.75, 1.25))
+    return Shapes('train', transforms=train_tf), Shapes('test', transforms=val_tf)

@@ -10,8 +10,6 @@ import argparse
 import os
 import sys
 
-import torch.nn.functional as F
-
 import registry
 from datafree import distributed
 from datafree.checkpoint import atomic_save, load_checkpoint
@@ -27,6 +25,9 @@ def build_parser():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="wrn16_2", choices=registry.model_names(),
                         help="registered model to train (default: %(default)s)")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="start from torchvision's ImageNet weights (ImageNet models; the backbone of "
+                             "deeplabv3_resnet50 / deeplabv3_mobilenet); downloaded on first use")
     add_data_args(parser, registry.dataset_names())
     add_optim_args(parser, lr=0.1, epochs=200, batch_size=128)
     add_run_args(parser)
@@ -48,22 +49,23 @@ def main(argv=None):
                          f"pass --overwrite_teacher, or --save_teacher PATH to write elsewhere")
 
     num_classes, train_set, val_set = registry.get_dataset(args.dataset, args.data_root, args.download)
-    model = registry.get_model(args.model, num_classes).to(device)
+    task = registry.get_task(args.dataset)
+    model = registry.get_model(args.model, num_classes, pretrained=args.pretrained, task=task).to(device)
     train_loader, val_loader = make_loaders(train_set, val_set, args.batch_size, args.workers, device, seed=args.seed)
     trained = distributed.wrap_ddp(model, device)   # DistributedDataParallel under torchrun
 
     def loss_fn(images, targets):
         logits = trained(images)
-        return F.cross_entropy(logits, targets), logits
+        return task.supervised_loss(logits, targets), logits
 
     extra = {"arch": args.model, "num_classes": num_classes, "dataset": args.dataset, "args": vars(args).copy()}
     result = run_training(args, model, train_loader, val_loader, loss_fn, device, resume_path,
-                          run_name="scratch", checkpoint_extra=extra)
+                          run_name="scratch", checkpoint_extra=extra, task=task)
     if not args.evaluate_only and distributed.is_main_process():
         # Published only once training is complete, so the file never holds a half-trained teacher.
         best = load_checkpoint(os.path.join(args.output, "best.pth"))
         atomic_save({k: best[k] for k in TEACHER_KEYS}, args.save_teacher)
-        print(f"teacher file: {args.save_teacher} (acc@1 {best['best_acc1']:.2f})")
+        print(f"teacher file: {args.save_teacher} ({task.label} {best['best_acc1']:.2f})")
     return result
 
 

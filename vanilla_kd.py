@@ -3,7 +3,8 @@ transfer set (the task's own training set by default, another registered dataset
 folder of unlabeled images).
 
 loss = KL(teacher || student) at temperature T (times T^2) + beta * cross-entropy on the
-hard labels (only when the transfer set is the task's own labeled training set).
+hard labels (only when the transfer set is the task's own labeled training set). For a
+segmentation dataset both terms are per pixel (datafree/tasks.py).
 
     python vanilla_kd.py --teacher wrn16_2 --student wrn16_1 --dataset digits --T 4 --epochs 30
 """
@@ -12,11 +13,9 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 import registry
 from datafree import distributed
-from datafree.criterions import kldiv
 from datafree.datasets import UnlabeledImageFolder
 from datafree.errors import UsageError
 from datafree.utils.cli import (add_data_args, add_optim_args, add_run_args, load_teacher, make_loaders,
@@ -48,6 +47,9 @@ def build_transfer_set(args, train_set):
     """The transfer set, using the task's training transform; says whether its labels are the task's."""
     if args.transfer_set in (None, args.dataset):
         return train_set, True
+    if getattr(train_set, "transform", None) is None:
+        raise UsageError(f"--transfer_set needs the task's image transform, but '{args.dataset}' transforms "
+                         f"images and masks jointly; drop --transfer_set to learn on its own training set")
     if os.path.isdir(args.transfer_set):
         return UnlabeledImageFolder(args.transfer_set, transform=train_set.transform), False
     if args.transfer_set not in registry.DATASET_DICT:
@@ -69,10 +71,11 @@ def main(argv=None):
         raise UsageError(f"--beta {args.beta} needs the task's labels, but the transfer set "
                          f"'{args.transfer_set}' has none for '{args.dataset}'; use --beta 0")
 
-    student = registry.get_model(args.student, num_classes).to(device)
+    task = registry.get_task(args.dataset)
+    student = registry.get_model(args.student, num_classes, task=task).to(device)
     teacher = None
     if not args.evaluate_only:
-        teacher = load_teacher(registry.get_model(args.teacher, num_classes), args.teacher_ckpt,
+        teacher = load_teacher(registry.get_model(args.teacher, num_classes, task=task), args.teacher_ckpt,
                                args.dataset, args.teacher, device)
     train_loader, val_loader = make_loaders(transfer_set, val_set, args.batch_size, args.workers, device, seed=args.seed)
     trained = distributed.wrap_ddp(student, device)   # DistributedDataParallel under torchrun
@@ -81,15 +84,15 @@ def main(argv=None):
         with torch.no_grad():
             teacher_logits = teacher(images)
         logits = trained(images)
-        loss = args.alpha * kldiv(logits, teacher_logits, T=args.T)
+        loss = args.alpha * task.kd_loss(logits, teacher_logits, T=args.T)
         if args.beta > 0:
-            loss = loss + args.beta * F.cross_entropy(logits, targets)
+            loss = loss + args.beta * task.supervised_loss(logits, targets)
         return loss, logits
 
     extra = {"arch": args.student, "num_classes": num_classes, "dataset": args.dataset,
              "teacher": args.teacher, "args": vars(args).copy()}
     return run_training(args, student, train_loader, val_loader, loss_fn, device, resume_path,
-                        run_name="vanilla_kd", checkpoint_extra=extra)
+                        run_name="vanilla_kd", checkpoint_extra=extra, task=task)
 
 
 if __name__ == "__main__":

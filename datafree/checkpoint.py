@@ -128,8 +128,10 @@ def mismatch_reason(model, state, arch=None, ckpt_arch=None):
 
 
 def _classifier_keys(model):
-    last_linear = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
-    return {f"{last_linear}.weight", f"{last_linear}.bias"}
+    """The final layer's keys: the last Linear, or the last Conv2d of a model without one (segmentation)."""
+    layers = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    layers = layers or [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    return {f"{layers[-1]}.weight", f"{layers[-1]}.bias"}
 
 
 def load_weights(model, path, arch, map_location="cpu"):

@@ -9,26 +9,29 @@ def kldiv(student_logits, teacher_logits, T=1.0):
 
 
 def kldiv_per_sample(student_logits, teacher_logits, T=1.0):
-    """KL(teacher || student) at temperature T (times T^2) for each sample: shape (N,)."""
+    """KL(teacher || student) at temperature T (times T^2) for each sample: shape (N,), or
+    (N, H, W) for each pixel of (N, C, H, W) segmentation logits."""
     log_p_student = F.log_softmax(student_logits / T, dim=1)
     p_teacher = F.softmax(teacher_logits / T, dim=1)
     return F.kl_div(log_p_student, p_teacher, reduction="none").sum(dim=1) * (T * T)
 
 
 def agreement_mask(student_logits, teacher_logits):
-    """1.0 where student and teacher agree on the top-1 class, else 0.0: shape (N,)."""
+    """1.0 where student and teacher agree on the top-1 class, else 0.0: shape (N,) or (N, H, W)."""
     return (student_logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).float()
 
 
 def adversarial_kl(student_logits, teacher_logits, weights=None):
-    """Negative student-teacher KL, counted only where their top-1 agree (Fast DFKD's L_adv).
+    """Negative student-teacher KL, counted only where their top-1 agree (Fast DFKD's L_adv),
+    averaged over samples (and over pixels for segmentation logits).
 
     Minimising it pushes the generator towards samples the student still gets wrong in
-    distribution while both networks agree on the label. ``weights`` (N,) weigh the samples.
+    distribution while both networks agree on the label. ``weights`` (N,) weigh the samples
+    (every pixel of a sample alike).
     """
     mask = agreement_mask(student_logits, teacher_logits)
     if weights is not None:
-        mask = mask * weights
+        mask = mask * weights.view(-1, *[1] * (mask.dim() - 1))
     return -(kldiv_per_sample(student_logits, teacher_logits) * mask).mean()
 
 
@@ -36,13 +39,16 @@ def jsdiv(student_logits, teacher_logits, T=1.0):
     """The original release's 'JS divergence': 0.5 KL(M || P) + 0.5 KL(M || Q), batch mean.
 
     P, Q are the softmaxes at temperature T and M = (P + Q) / 2; all three are clamped to
-    [0.01, 0.99] before the logarithms, as in the original.
+    [0.01, 0.99] before the logarithms, as in the original. Summed over classes (dim 1) and
+    averaged over everything else: samples, and pixels for (N, C, H, W) segmentation logits.
     """
     p = F.softmax(student_logits / T, dim=1)
     q = F.softmax(teacher_logits / T, dim=1)
     m = (0.5 * (p + q)).clamp(0.01, 0.99)
     p, q = p.clamp(0.01, 0.99), q.clamp(0.01, 0.99)
-    return 0.5 * F.kl_div(p.log(), m, reduction="batchmean") + 0.5 * F.kl_div(q.log(), m, reduction="batchmean")
+    kl_mp = F.kl_div(p.log(), m, reduction="none").sum(dim=1)
+    kl_mq = F.kl_div(q.log(), m, reduction="none").sum(dim=1)
+    return (0.5 * kl_mp + 0.5 * kl_mq).mean()
 
 
 def total_variation(images):

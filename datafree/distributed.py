@@ -145,6 +145,16 @@ def all_reduce_sum(*values):
     return tuple(t.tolist())
 
 
+def all_reduce_tensor(tensor):
+    """The sum of ``tensor`` over the ranks (a new tensor, same device and dtype); ``tensor``
+    itself in a single process. Streaming metrics sum their state with it (datafree/tasks.py)."""
+    if get_world_size() == 1:
+        return tensor
+    t = tensor.to(_reduce_device(), torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.to(tensor.device, tensor.dtype)
+
+
 def average_gradients(params):
     """Replace each parameter's gradient by its mean over the ranks (one flat all-reduce)."""
     average_tensors([p.grad for p in params if p.grad is not None])

@@ -2,17 +2,19 @@
 
 ``train_one_epoch`` and ``evaluate`` know nothing of the command line; ``fit`` runs the
 epoch loop with evaluation, checkpointing (``last`` every epoch, ``best`` when improved),
-resume and logging.
+resume and logging. What is measured comes from the task object (datafree/tasks.py):
+top-1/top-5 accuracy for classification, mIoU / pixel accuracy / per-class IoU for
+segmentation; ``best_acc1`` in checkpoints holds the task's primary number.
 """
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from datafree import distributed
 from datafree.checkpoint import load_weights, record_epoch, save_checkpoint
 from datafree.errors import CheckpointError
+from datafree.tasks import Classification
 from datafree.utils.misc import rng_state, set_rng_state
 
 
@@ -25,21 +27,23 @@ def topk_correct(logits, targets, topk=(1, 5)):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device):
-    """Top-1 / top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader``."""
+def evaluate(model, loader, device, task=None, reduce_fn=None):
+    """The task's metrics of ``model`` over ``loader`` (default task: classification, giving
+    top-1 / top-5 accuracy (%) and mean cross-entropy).
+
+    ``reduce_fn(tensor)`` sums the metric's counts across processes before the numbers are
+    computed; by default, under torchrun, over the ranks (each rank saw its shard of the loader).
+    """
+    task = task or Classification(num_classes=0)
     was_training = model.training
     model.eval()
-    correct1 = correct5 = loss_sum = count = 0
+    metric = task.metric(device)
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(images)
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-        c1, c5 = topk_correct(logits, targets)
-        correct1, correct5, count = correct1 + c1, correct5 + c5, count + targets.numel()
+        metric.update(model(images), targets)
+    metric.reduce(reduce_fn or distributed.all_reduce_tensor)
     model.train(was_training)
-    # Under torchrun each rank saw its shard of the loader: sum the counts over the ranks.
-    correct1, correct5, loss_sum, count = distributed.all_reduce_sum(correct1, correct5, loss_sum, count)
-    return {"acc1": 100.0 * correct1 / count, "acc5": 100.0 * correct5 / count, "loss": loss_sum / count}
+    return metric.compute()
 
 
 def train_one_epoch(model, loader, optimizer, device, loss_fn, epoch=0, logger=None, print_freq=0):
@@ -49,7 +53,7 @@ def train_one_epoch(model, loader, optimizer, device, loss_fn, epoch=0, logger=N
     (meaningless for unlabeled transfer sets, whose labels are -1).
     """
     model.train()
-    loss_sum = correct = count = 0
+    loss_sum = correct = count = samples = 0
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if distributed.is_main_process() else True)
     for step, (images, targets) in enumerate(bar):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -60,12 +64,13 @@ def train_one_epoch(model, loader, optimizer, device, loss_fn, epoch=0, logger=N
 
         n = images.shape[0]
         loss_sum += loss.item() * n
+        samples += n
         correct += (logits.argmax(1) == targets).sum().item()
-        count += n
-        bar.set_postfix(loss=f"{loss_sum / count:.4f}")
+        count += targets.numel()   # samples, or pixels for segmentation
+        bar.set_postfix(loss=f"{loss_sum / samples:.4f}")
         if logger is not None and print_freq > 0 and step % print_freq == 0:
-            logger.info(f"[Train] epoch={epoch} iter={step}/{len(loader)} loss={loss_sum / count:.4f}")
-    return {"loss": loss_sum / max(count, 1), "acc1": 100.0 * correct / max(count, 1)}
+            logger.info(f"[Train] epoch={epoch} iter={step}/{len(loader)} loss={loss_sum / samples:.4f}")
+    return {"loss": loss_sum / max(samples, 1), "acc1": 100.0 * correct / max(count, 1)}
 
 
 def resume_training(path, model, arch, optimizer, scheduler, device):
@@ -82,30 +87,30 @@ def resume_training(path, model, arch, optimizer, scheduler, device):
 
 
 def fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device, *, epochs, run_dir,
-        logger, start_epoch=0, best_acc1=0.0, checkpoint_extra=None, print_freq=0, summary_info=None):
+        logger, start_epoch=0, best_acc1=0.0, checkpoint_extra=None, print_freq=0, summary_info=None, task=None):
     """Train from ``start_epoch`` to ``epochs``; evaluate, log and checkpoint after each epoch.
 
     ``checkpoint_extra`` is merged into every checkpoint (arch, num_classes, args, ...);
     ``summary_info`` into the run's summary.json.
-    Returns the best top-1 accuracy (%).
+    Returns the best value of the task's primary metric (top-1 accuracy or mIoU, %).
     """
+    task = task or Classification(num_classes=0)
     for epoch in range(start_epoch, epochs):
         tic = time.perf_counter()
         if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
             train_loader.sampler.set_epoch(epoch)
         train_stats = train_one_epoch(model, train_loader, optimizer, device, loss_fn, epoch,
                                       logger, print_freq)
-        val_stats = evaluate(model, val_loader, device)
+        val_stats = evaluate(model, val_loader, device, task)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        is_best = val_stats["acc1"] > best_acc1
-        best_acc1 = max(best_acc1, val_stats["acc1"])
+        score = val_stats[task.primary]
+        is_best = score > best_acc1
+        best_acc1 = max(best_acc1, score)
         seconds = time.perf_counter() - tic
-        logger.info(f"[Eval] epoch={epoch} acc@1={val_stats['acc1']:.2f} acc@5={val_stats['acc5']:.2f} "
-                    f"loss={val_stats['loss']:.4f} train_loss={train_stats['loss']:.4f} lr={lr:.4g} "
-                    f"best={best_acc1:.2f} time={seconds:.1f}s")
-        logger.scalars({"acc1": val_stats["acc1"], "acc5": val_stats["acc5"], "loss": val_stats["loss"]},
-                       epoch, prefix="val/")
+        logger.info(f"[Eval] epoch={epoch} {task.describe(val_stats)} train_loss={train_stats['loss']:.4f} "
+                    f"lr={lr:.4g} best={best_acc1:.2f} time={seconds:.1f}s")
+        logger.scalars(task.scalars(val_stats), epoch, prefix="val/")
         logger.scalars({"loss": train_stats["loss"], "lr": lr, "epoch_seconds": seconds}, epoch, prefix="train/")
         state = {
             "state_dict": model.state_dict(),
@@ -118,7 +123,7 @@ def fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device, 
         }
         if distributed.is_main_process():
             save_checkpoint(state, run_dir, is_best)
-            record_epoch(run_dir, epoch=epoch, epochs=epochs, acc1=val_stats["acc1"], epoch_seconds=seconds,
+            record_epoch(run_dir, epoch=epoch, epochs=epochs, acc1=score, epoch_seconds=seconds,
                          info=summary_info)
     return best_acc1
 

@@ -1,4 +1,4 @@
-"""Networks: CIFAR/ImageNet classifiers and the image generators used for synthesis."""
-from . import classifiers, generator
+"""Networks: CIFAR/ImageNet classifiers, DeepLabV3 segmentation models and the image generators used for synthesis."""
+from . import classifiers, deeplab, generator
 
-__all__ = ["classifiers", "generator"]
+__all__ = ["classifiers", "deeplab", "generator"]

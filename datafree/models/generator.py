@@ -56,6 +56,15 @@ class Generator(nn.Module):
             nn.Sigmoid(),
         )
 
+    @property
+    def latent_shape(self):
+        """Shape of one latent code z (without the batch dimension)."""
+        return (self.nz,)
+
+    def first_layers(self):
+        """The first weight layer and the first BatchNorm (what ``reset_l0`` re-initialises)."""
+        return self.l1[0], self.conv_blocks[0]
+
     def forward(self, z):
         out = self.l1(z).view(z.shape[0], -1, self.init_size, self.init_size)
         return self.conv_blocks(out)
@@ -89,6 +98,13 @@ class DeepGenerator(nn.Module):
             nn.Conv2d(ngf, nc, 3, 1, 1),
             nn.Sigmoid(),
         )
+
+    @property
+    def latent_shape(self):
+        return (self.nz, self.init_size, self.init_size)
+
+    def first_layers(self):
+        return self.conv_blocks[0], self.conv_blocks[1]
 
     def forward(self, z):
         return self.conv_blocks(z)

@@ -1,16 +1,17 @@
 """The synthesizer interface shared by every data-free method, and the pieces they share.
 
 A synthesizer is built from ``(teacher, student, config, device)`` where ``config`` is the
-run's argument namespace plus ``num_classes``, ``img_size``, ``nc``, ``mean`` and ``std``.
+run's argument namespace plus ``num_classes``, ``img_size``, ``nc``, ``mean``, ``std`` and
+``task`` (the datafree.tasks object that owns the task-dependent losses and augmentation;
+classification when absent).
 """
 import torch
 
 from datafree import distributed
-from datafree.augment import crop_flip_normalize
-from datafree.criterions import kldiv
 from datafree.datasets.folder import load_image_tensor
 from datafree.pool import ImagePool
 from datafree.precision import Precision
+from datafree.tasks import build_task
 from datafree.utils.registry import Registry
 
 SYNTHESIZERS = Registry("method")
@@ -31,6 +32,7 @@ class BaseSynthesizer:
     refuses other method flags set away from their defaults.
     ``sampling_is_synthesis``: whether the time spent in ``sample()`` is synthesis time
     (generators sampled during KD) rather than reading a pool.
+    ``tasks``: the task names (datafree.tasks) the method supports.
     """
 
     method = None
@@ -39,9 +41,11 @@ class BaseSynthesizer:
     # Whether the method keeps every rank consistent under torchrun (shared learned state
     # averaged over the ranks, per-rank state sharded); datafree_kd.py refuses the others.
     distributed_ready = False
+    tasks = frozenset({"classification"})
 
     def __init__(self, teacher, student, config, device):
         self.teacher, self.student, self.config, self.device = teacher, student, config, device
+        self.task = getattr(config, "task", None) or build_task("classification", config.num_classes)
         self.batch_size = config.synthesis_batch_size or config.batch_size
         self.sample_batch_size = config.batch_size
         self.precision = Precision(device, getattr(config, "precision", None) or config.fp16)
@@ -57,8 +61,8 @@ class BaseSynthesizer:
         raise NotImplementedError
 
     def kd_loss(self, student_logits, teacher_logits):
-        """The KD objective on a synthetic batch: KL at temperature T unless a method says otherwise."""
-        return kldiv(student_logits, teacher_logits, T=self.config.T)
+        """The KD objective on a synthetic batch: the task's KL at temperature T unless a method says otherwise."""
+        return self.task.kd_loss(student_logits, teacher_logits, T=self.config.T)
 
     def state_dict(self):
         """Everything needed to resume (tensors and plain containers only)."""
@@ -74,7 +78,7 @@ class PoolSynthesizer(BaseSynthesizer):
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
-        self.aug = crop_flip_normalize(config.img_size, config.mean, config.std).to(device)
+        self.aug = self.task.synthesis_augmentation(config.img_size, config.mean, config.std).to(device)
         self.pool = ImagePool(device)
         if config.cmi_init:  # pre-inverted images join the pool from the start (each rank its share)
             images = load_image_tensor(config.cmi_init, config.img_size)

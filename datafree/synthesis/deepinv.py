@@ -8,10 +8,11 @@ rolled (up to 1/8 of the size) and flipped view, minimising
   + adv * -JS(student, teacher at T=3) + tv * total variation + l2 * ||x||_2.
 
 After each step the pixels are clipped to the valid normalised range. The best batch (a
-copy: the original kept a view of the tensor being optimised) goes to the pool.
+copy: the original kept a view of the tensor being optimised) goes to the pool. For a
+segmentation teacher the one-hot term uses the teacher's own per-pixel argmax and the JS
+term is averaged over pixels (datafree/tasks.py).
 """
 import torch
-import torch.nn.functional as F
 
 from datafree.criterions import jsdiv, l2_prior, total_variation
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
@@ -37,6 +38,7 @@ def jitter_and_flip(images):
 class DeepInversionSynthesizer(PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "tv", "l2", "lr_g", "g_steps", "cmi_init"})
     distributed_ready = True   # no state shared between calls: each rank inverts its own pixels
+    tasks = frozenset({"classification", "segmentation"})
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
@@ -51,7 +53,7 @@ class DeepInversionSynthesizer(PoolSynthesizer):
         self.student.eval()
         shape = (self.batch_size, c.nc, c.img_size, c.img_size)
         pixels = torch.randn(shape, device=self.device, requires_grad=True)
-        targets = torch.randint(0, c.num_classes, (self.batch_size,), device=self.device).sort().values
+        targets = self.task.inversion_targets(self.batch_size, self.device, sort=True)
         optimizer = torch.optim.Adam([pixels], lr=c.lr_g, betas=(0.5, 0.99))
         low = self.normalizer(torch.zeros(1, c.nc, 1, 1, device=self.device))
         high = self.normalizer(torch.ones(1, c.nc, 1, 1, device=self.device))
@@ -62,7 +64,7 @@ class DeepInversionSynthesizer(PoolSynthesizer):
                 with self.precision.autocast():
                     view = jitter_and_flip(pixels)
                     t_out = self.teacher(view)
-                    terms = {"oh": F.cross_entropy(t_out, targets)}
+                    terms = {"oh": self.task.one_hot_loss(t_out, targets)}
                     if c.adv > 0:
                         s_out = self.student(view)
                         terms["adv"] = -jsdiv(s_out, t_out, T=ADV_TEMPERATURE)

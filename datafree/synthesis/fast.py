@@ -10,16 +10,17 @@ or Reptile, see meta.py). Both minimise the inversion loss
   + adv * -KL(student || teacher) on samples whose top-1 agree          (after warmup)
 
 on augmented, normalised images x = aug(G'(z)); the lowest-loss batch of the k steps goes
-to the pool, from which the KD steps draw augmented batches.
+to the pool, from which the KD steps draw augmented batches. The task object supplies the
+task-dependent pieces: for segmentation, y is the teacher's own per-pixel argmax, the KL and
+the agreement mask are per pixel, the generator is fully convolutional and the
+augmentation is a random resized crop (see datafree/tasks.py).
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from datafree import distributed
-from datafree.criterions import adversarial_kl
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
-from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator, reset_bn_affine
+from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, reset_bn_affine
 
 from .base import BestBatch, PoolSynthesizer, register_synthesizer
 from .meta import FirstOrderMAML, Reptile
@@ -30,10 +31,11 @@ RESET_AFTER_WARMUP = 120
 
 
 def reset_first_layers(generator):
-    """Re-initialise the first linear layer and the first BatchNorm (N(0, 0.02) weights, zero bias)."""
-    for layer in (generator.l1[0], generator.conv_blocks[0]):
+    """Re-initialise the first weight layer and the first BatchNorm (N(0, 0.02) weights, zero bias)."""
+    for layer in generator.first_layers():
         nn.init.normal_(layer.weight, 0.0, 0.02)
-        nn.init.zeros_(layer.bias)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
 
 
 def update_bn_momentum(hooks):
@@ -47,12 +49,13 @@ def update_bn_momentum(hooks):
 @register_synthesizer("fast")
 class FastSynthesizer(PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "lr_g", "lr_z", "g_steps", "bn_mmt", "cmi_init"})
+    tasks = frozenset({"classification", "segmentation"})
     meta_learning = False
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
         c = config
-        self.generator = Generator(nz=DEFAULT_NZ, ngf=DEFAULT_NGF, img_size=c.img_size, nc=c.nc).to(device)
+        self.generator = self.task.make_generator(DEFAULT_NZ, DEFAULT_NGF, c.img_size, c.nc).to(device)
         self.generator.train()
         self.hooks = register_bn_hooks(teacher, c.bn_mmt)
         self.meta = None
@@ -70,11 +73,9 @@ class FastSynthesizer(PoolSynthesizer):
         inputs = self.aug(images)
         t_out = self.teacher(inputs)
         weights = self.sample_weights(t_out)
-        one_hot = (F.cross_entropy(t_out, targets) if weights is None
-                   else (weights * F.cross_entropy(t_out, targets, reduction="none")).mean())
-        terms = {"bn": bn_loss(self.hooks), "oh": one_hot}
+        terms = {"bn": bn_loss(self.hooks), "oh": self.task.one_hot_loss(t_out, targets, weights)}
         if c.adv > 0 and self.calls >= c.warmup:
-            terms["adv"] = adversarial_kl(self.student(inputs), t_out, weights)
+            terms["adv"] = self.task.adversarial_loss(self.student(inputs), t_out, weights)
         total = c.bn * terms["bn"] + c.oh * terms["oh"] + c.adv * terms.get("adv", 0.0)
         return total, terms
 
@@ -89,8 +90,8 @@ class FastSynthesizer(PoolSynthesizer):
             if c.reset_bn:
                 reset_bn_affine(self.generator)
 
-        z = torch.randn(self.batch_size, DEFAULT_NZ, device=self.device, requires_grad=True)
-        targets = torch.randint(0, c.num_classes, (self.batch_size,), device=self.device)
+        z = torch.randn(self.batch_size, *self.generator.latent_shape, device=self.device, requires_grad=True)
+        targets = self.task.inversion_targets(self.batch_size, self.device)
         fast_generator = self.generator.clone() if self.meta is not None else self.generator
         optimizer = torch.optim.Adam([{"params": fast_generator.parameters()},
                                       {"params": [z], "lr": c.lr_z}], lr=c.lr_g, betas=(0.5, 0.999))

@@ -8,6 +8,7 @@ from datafree import distributed
 from datafree.checkpoint import load_weights
 from datafree.engine import evaluate, fit, resume_training
 from datafree.errors import CheckpointError, UsageError
+from datafree.tasks import Classification
 from datafree.utils.misc import select_device, set_seed
 
 
@@ -77,11 +78,12 @@ def prepare_run(args, folder, name):
     return device, resolve_resume(args)
 
 
-def evaluate_checkpoint(model, path, arch, loader, device):
+def evaluate_checkpoint(model, path, arch, loader, device, task=None):
     """--evaluate_only: load ``path`` into ``model``, print and return its test metrics."""
+    task = task or Classification(num_classes=0)
     load_weights(model, path, arch, map_location=device)
-    stats = evaluate(model, loader, device)
-    print(f"[Eval] {path}: acc@1={stats['acc1']:.2f} acc@5={stats['acc5']:.2f} loss={stats['loss']:.4f}")
+    stats = evaluate(model, loader, device, task)
+    print(f"[Eval] {path}: {task.describe(stats)}")
     return stats
 
 
@@ -151,15 +153,17 @@ def run_summary_info(script, args, arch):
 
 
 def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_path, *,
-                 run_name, checkpoint_extra):
+                 run_name, checkpoint_extra, task=None):
     """The epoch loop of train_scratch.py and vanilla_kd.py: SGD, cosine schedule, resume, fit.
 
     With ``--evaluate_only`` the checkpoint is evaluated and nothing is written.
-    Returns a dict with ``best_acc1`` (training) or the evaluation metrics.
+    Returns a dict with ``best_acc1`` (training: the best of the task's primary metric) or
+    the evaluation metrics.
     """
+    task = task or Classification(num_classes=0)
     arch = checkpoint_extra["arch"]
     if args.evaluate_only:
-        return evaluate_checkpoint(model, resume_path, arch, val_loader, device)
+        return evaluate_checkpoint(model, resume_path, arch, val_loader, device, task)
 
     optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
@@ -176,12 +180,12 @@ def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_
     try:
         logger.args(args)
         if resume_path:
-            logger.info(f"resumed from {resume_path} at epoch {start_epoch} (best acc@1 {best_acc1:.2f})")
+            logger.info(f"resumed from {resume_path} at epoch {start_epoch} (best {task.label} {best_acc1:.2f})")
         best_acc1 = fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device,
                         epochs=args.epochs, run_dir=args.output, logger=logger, start_epoch=start_epoch,
                         best_acc1=best_acc1, checkpoint_extra=checkpoint_extra, print_freq=args.print_freq,
-                        summary_info=run_summary_info(run_name, args, arch))
-        logger.info(f"Best acc@1: {best_acc1:.2f}  (run folder: {args.output})")
+                        summary_info=run_summary_info(run_name, args, arch), task=task)
+        logger.info(f"Best {task.label}: {best_acc1:.2f}  (run folder: {args.output})")
     finally:
         logger.close()
     return {"best_acc1": best_acc1}
