@@ -28,7 +28,7 @@ from datafree.engine import distill_steps, evaluate, resume_training
 from datafree.errors import CheckpointError, UsageError
 from datafree.pool import REPLACE_RULES, ImagePool
 from datafree.precision import MODES as PRECISIONS, Precision
-from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer
+from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer, require_task_support
 from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, run_cli, run_summary_info
 from datafree.utils.misc import rng_state, set_rng_state
 
@@ -244,9 +244,7 @@ def main(argv=None):
 
     num_classes, train_set, val_set = registry.get_dataset(args.dataset, args.data_root, args.download)
     task = registry.get_task(args.dataset)
-    if task.name not in SYNTHESIZERS[args.method].tasks:
-        raise UsageError(f"method '{args.method}' does not support {task.name} (dataset '{args.dataset}'); "
-                         f"choose one of: {', '.join(sorted(n for n, c in SYNTHESIZERS.items() if task.name in c.tasks))}")
+    require_task_support(args.method, task)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(args.batch_size, 256), shuffle=False,
                                              sampler=distributed.eval_sampler(val_set),
                                              num_workers=args.workers, pin_memory=device.type == "cuda")

@@ -11,6 +11,7 @@ from datafree.synthesis import SYNTHESIZERS
 from datafree.synthesis.base import BestBatch
 from datafree.synthesis.cmi import MemoryBank
 from datafree.synthesis.generative import l1_logits
+from datafree.tasks import Classification
 
 
 def test_jsdiv_hand_computation():
@@ -176,5 +177,5 @@ def test_generative_sampling_counts_as_synthesis():
     dfad = SYNTHESIZERS["dfad"].__new__(SYNTHESIZERS["dfad"])
     assert dfad.kd_loss(s, t).item() == pytest.approx(l1_logits(s, t).item())
     zskt = SYNTHESIZERS["zskt"].__new__(SYNTHESIZERS["zskt"])
-    zskt.config = SimpleNamespace(T=4.0)
+    zskt.config, zskt.task = SimpleNamespace(T=4.0), Classification(10)
     assert zskt.kd_loss(s, t).item() == pytest.approx(kldiv(s, t, T=4.0).item())

@@ -9,6 +9,7 @@ import torch
 
 from datafree import distributed
 from datafree.datasets.folder import load_image_tensor
+from datafree.errors import UsageError
 from datafree.pool import ImagePool
 from datafree.precision import Precision
 from datafree.tasks import build_task
@@ -23,6 +24,13 @@ def register_synthesizer(name):
         cls.method = name
         return SYNTHESIZERS.register(name, cls)
     return add
+
+
+def require_task_support(method, task):
+    """Stop with one sentence if ``method`` cannot work on ``task`` (a datafree.tasks object)."""
+    if task.name not in SYNTHESIZERS.lookup(method).tasks:
+        able = sorted(name for name, cls in SYNTHESIZERS.items() if task.name in cls.tasks)
+        raise UsageError(f"method '{method}' does not support {task.name}; choose one of: {', '.join(able)}")
 
 
 class BaseSynthesizer:
