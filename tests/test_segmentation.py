@@ -260,7 +260,7 @@ def test_fast_meta_segmentation_synthesis_terms(seg_teacher):
     task = registry.get_task("shapes")
     teacher = registry.get_model("deeplabv3_tiny_s", 5, task=task).eval()
     student = registry.get_model("deeplabv3_tiny_s", 5, task=task)
-    config = datafree_kd.synthesizer_config(args, 5, (3, 64, 64), task)
+    config = datafree_kd.synthesizer_config(args, 5, (3, 64, 64), task=task)
     synth = datafree_kd.SYNTHESIZERS["fast_meta"](teacher, student, config, torch.device("cpu"))
     assert isinstance(synth.generator, DeepGenerator) and synth.generator.latent_shape == (256, 2, 2)
     before = [p.clone() for p in synth.generator.parameters()]
@@ -276,8 +276,9 @@ def test_fast_meta_segmentation_synthesis_terms(seg_teacher):
 
 
 def test_method_without_segmentation_support_is_refused(seg_teacher):
-    with pytest.raises(UsageError, match="method 'dafl' does not support segmentation"):
-        datafree_kd.main(["--method", "dafl", *TINY])
+    for method in ("dafl", "ssd"):
+        with pytest.raises(UsageError, match=f"method '{method}' does not support segmentation"):
+            datafree_kd.main(["--method", method, *TINY])
 
 
 def test_imagenet_weights_fill_the_deeplab_backbones():

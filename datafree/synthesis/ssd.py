@@ -61,6 +61,7 @@ class SSDSynthesizer(FastMetaSynthesizer):
     flags = (FastMetaSynthesizer.flags - {"cmi_init"}) | {
         "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule"}
     distributed_ready = False
+    tasks = frozenset({"classification"})   # per-sample priorities and class counts need one class per image
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
