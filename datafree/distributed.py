@@ -136,15 +136,6 @@ def _reduce_device():
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def all_reduce_sum(*values):
-    """Sum numbers over the ranks (float64); returns them unchanged in a single process."""
-    if get_world_size() == 1:
-        return values
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_reduce_device())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return tuple(t.tolist())
-
-
 def all_reduce_tensor(tensor):
     """The sum of ``tensor`` over the ranks (a new tensor, same device and dtype); ``tensor``
     itself in a single process. Streaming metrics sum their state with it (datafree/tasks.py)."""

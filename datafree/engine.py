@@ -18,14 +18,6 @@ from datafree.tasks import Classification
 from datafree.utils.misc import rng_state, set_rng_state
 
 
-def topk_correct(logits, targets, topk=(1, 5)):
-    """Number of samples whose target is among the top-k logits, for each k."""
-    maxk = min(max(topk), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices
-    hits = pred.eq(targets.view(-1, 1))
-    return [hits[:, :min(k, maxk)].any(dim=1).sum().item() for k in topk]
-
-
 @torch.no_grad()
 def evaluate(model, loader, device, task=None, reduce_fn=None):
     """The task's metrics of ``model`` over ``loader`` (default task: classification, giving

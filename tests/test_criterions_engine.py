@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from datafree.criterions import kldiv
-from datafree.engine import evaluate, topk_correct
+from datafree.engine import evaluate
+from datafree.tasks import AccuracyMetric
 
 
 def test_kldiv_golden_value():
@@ -25,11 +26,15 @@ def test_kldiv_is_batch_mean():
     assert kldiv(s, t, T=3.0).item() == pytest.approx(per_sample.mean().item(), rel=1e-5)
 
 
-def test_topk_correct():
+def test_accuracy_metric_top1_top5():
     logits = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])
     targets = torch.tensor([2, 0, 0])
-    assert topk_correct(logits, targets, topk=(1, 2)) == [1, 2]
-    assert topk_correct(logits, targets, topk=(1, 5)) == [1, 3]  # k capped at the class count
+    metric = AccuracyMetric()
+    metric.update(logits, targets)
+    stats = metric.compute()
+    assert stats["acc1"] == pytest.approx(100 / 3)
+    assert stats["acc5"] == pytest.approx(100.0)          # top-5 capped at the 3 classes
+    assert stats["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-6)
 
 
 def test_evaluate_percentages():

@@ -151,7 +151,8 @@ def test_shard_sampler_covers_each_index_once():
 
 def test_single_process_helpers_are_no_ops():
     assert not distributed.is_distributed() and distributed.get_world_size() == 1
-    assert distributed.all_reduce_sum(3, 4.5) == (3, 4.5)
+    t = torch.tensor([3.0, 4.5])
+    assert distributed.all_reduce_tensor(t) is t
     assert distributed.per_process(100) == 100 and distributed.per_process(None) is None
     model = torch.nn.Linear(2, 2)
     assert distributed.wrap_ddp(model, torch.device("cpu")) is model
