@@ -36,7 +36,7 @@ from datafree.utils.misc import rng_state, set_rng_state
 # that ignores it is an error.
 METHOD_FLAGS = ("adv", "bn", "oh", "act", "balance", "tv", "l2", "cr", "cr_T", "cmi_init", "lr_g", "lr_z",
                 "g_steps", "reset_l0", "reset_bn", "bn_mmt", "is_maml", "lr_g_meta", "lr_z_meta", "reinit", "rand_label",
-                "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule")
+                "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight")
 
 
 def build_parser():
@@ -92,6 +92,8 @@ def build_parser():
                      help="importance-sampling exponent at the start; it rises linearly to 1 by the last call")
     ssd.add_argument("--ssd_alpha", default=0.6, type=float,
                      help="priority exponent: P(i) proportional to priority_i^alpha (0: uniform draws)")
+    ssd.add_argument("--ssd_max_weight", default=3.0, type=float,
+                     help="cap of the modulating weight phi (mean 1 over a batch) of one sample")
     ssd.add_argument("--ssd_replace", default=0.1, type=float,
                      help="share of a full buffer replaced per synthesis call (capped at one batch)")
     ssd.add_argument("--ssd_replace_rule", default="priority", choices=REPLACE_RULES,

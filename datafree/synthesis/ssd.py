@@ -33,12 +33,15 @@ from .fast import FastMetaSynthesizer
 BUFFER_SHARE = 0.1   # the paper's buffer: 10% of the original training set
 
 
-def modulating_weights(teacher_logits, class_counts, gamma):
-    """phi = diversity x difficulty per sample, normalised to mean 1: shape (N,).
+def modulating_weights(teacher_logits, class_counts, gamma, max_weight=None):
+    """phi = diversity x difficulty per sample, normalised to mean 1 and capped at
+    ``max_weight``: shape (N,).
 
     diversity_i = (1 / K) / freq(c_i), with c_i the teacher's class of sample i and freq the
     Laplace-smoothed share of c_i among ``class_counts`` (the buffer) plus this batch;
-    difficulty_i = (1 - max softmax_i)^gamma.
+    difficulty_i = (1 - max softmax_i)^gamma. The cap matters: with a confident teacher the
+    focal factor spans orders of magnitude, and uncapped the few unsure samples of a batch
+    would carry all of its weight (measured on digits: phi from 1e-8 to 19, training unstable).
     """
     probs = F.softmax(teacher_logits.detach().float(), dim=1)
     confidence, predicted = probs.max(dim=1)
@@ -48,7 +51,8 @@ def modulating_weights(teacher_logits, class_counts, gamma):
     diversity = (1.0 / num_classes) / freq[predicted]
     difficulty = (1 - confidence).clamp_min(1e-6) ** gamma
     phi = diversity * difficulty
-    return phi / phi.mean()
+    phi = phi / phi.mean()
+    return phi if max_weight is None else phi.clamp(max=max_weight)
 
 
 def importance_beta(beta0, calls, total_calls):
@@ -59,7 +63,7 @@ def importance_beta(beta0, calls, total_calls):
 @register_synthesizer("ssd")
 class SSDSynthesizer(FastMetaSynthesizer):
     flags = (FastMetaSynthesizer.flags - {"cmi_init"}) | {
-        "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule"}
+        "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight"}
     distributed_ready = False
     tasks = frozenset({"classification"})   # per-sample priorities and class counts need one class per image
 
@@ -79,20 +83,20 @@ class SSDSynthesizer(FastMetaSynthesizer):
         return torch.bincount(self.pool.label, minlength=self.config.num_classes)
 
     def sample_weights(self, teacher_logits):
-        return modulating_weights(teacher_logits, self.class_counts(), self.config.ssd_gamma)
+        return modulating_weights(teacher_logits, self.class_counts(), self.config.ssd_gamma,
+                                  self.config.ssd_max_weight)
 
     @torch.no_grad()
     def add_to_pool(self, images):
         logits = self.teacher(self.normalizer(images))
-        phi = modulating_weights(logits, self.class_counts(), self.config.ssd_gamma)
+        phi = modulating_weights(logits, self.class_counts(), self.config.ssd_gamma, self.config.ssd_max_weight)
         self.pool.add(images, phi, logits.argmax(dim=1))
 
     def sample(self):
         beta = importance_beta(self.config.ssd_beta, self.calls, self.total_calls)
         with torch.no_grad():
             images, index, is_weights = self.pool.sample_prioritized(self.sample_batch_size, beta)
-            weights = is_weights * self.pool.weight[index]
-            self.drawn = (index, weights / weights.mean())   # mean 1: the KD loss keeps Fast's scale
+            self.drawn = (index, is_weights * self.pool.weight[index])
             return self.aug(images)
 
     def kd_loss(self, student_logits, teacher_logits):
