@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A copy of the original release's state-dict manifest (shared/reference), kept in the project.
@@ -18,3 +19,15 @@ def in_tmp_cwd(tmp_path, monkeypatch):
     """Run an entry script inside a temporary folder (its checkpoints/ go there)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def teacher_file(in_tmp_cwd):
+    """An (untrained) resnet8 digits teacher where the scripts look for it by default."""
+    import registry
+    from datafree.checkpoint import atomic_save
+
+    torch.manual_seed(0)
+    path = in_tmp_cwd / "checkpoints" / "pretrained" / "digits_resnet8.pth"
+    atomic_save({"state_dict": registry.get_model("resnet8", 10).state_dict()}, str(path))
+    return path

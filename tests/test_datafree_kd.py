@@ -12,7 +12,7 @@ import datafree.synthesis.fast as fast_module
 import datafree_kd
 import registry
 from conftest import ROOT
-from datafree.checkpoint import atomic_save, load_checkpoint
+from datafree.checkpoint import load_checkpoint
 from datafree.errors import CheckpointError, UsageError
 from datafree.synthesis.meta import FirstOrderMAML
 
@@ -20,15 +20,6 @@ TINY = ["--dataset", "digits", "--teacher", "resnet8", "--student", "resnet8", "
         "--batch_size", "16", "--synthesis_batch_size", "8", "--kd_steps", "2", "--ep_steps", "4",
         "--epochs", "2", "--g_steps", "2", "--lr", "0.05", "--T", "4", "--bn", "1", "--oh", "1",
         "--adv", "1", "--bn_mmt", "0.9", "--lr_g", "1e-3", "--lr_z", "0.01", "--seed", "3"]
-
-
-@pytest.fixture
-def teacher_file(in_tmp_cwd):
-    """An (untrained) resnet8 digits teacher where datafree_kd.py looks by default."""
-    torch.manual_seed(0)
-    path = in_tmp_cwd / "checkpoints" / "pretrained" / "digits_resnet8.pth"
-    atomic_save({"state_dict": registry.get_model("resnet8", 10).state_dict()}, str(path))
-    return path
 
 
 @pytest.mark.parametrize("method,extra", [("fast_meta", ["--is_maml", "1"]), ("fast_meta", ["--is_maml", "0"]),

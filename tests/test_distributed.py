@@ -11,7 +11,7 @@ import datafree_kd
 import registry
 from conftest import ROOT
 from datafree import distributed
-from datafree.checkpoint import atomic_save, load_checkpoint
+from datafree.checkpoint import load_checkpoint
 from datafree.criterions import kldiv
 from datafree.engine import evaluate
 from datafree.errors import CheckpointError, UsageError
@@ -33,14 +33,6 @@ def torchrun(args, cwd, nproc=2):
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
-
-
-@pytest.fixture
-def teacher_file(in_tmp_cwd):
-    torch.manual_seed(0)
-    path = in_tmp_cwd / "checkpoints" / "pretrained" / "digits_resnet8.pth"
-    atomic_save({"state_dict": registry.get_model("resnet8", 10).state_dict()}, str(path))
-    return path
 
 
 def logged_eval(log, epoch):
