@@ -361,7 +361,8 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
         logger.scalars({"kd_loss": kd_loss, "lr": lr, **{f"{k}_seconds": v for k, v in phase.items()}},
                        epoch, "train/")
         logger.scalars(losses, epoch, "synthesis/")
-        run["wall_seconds"] += now(device) - epoch_start
+        epoch_seconds = now(device) - epoch_start
+        run["wall_seconds"] += epoch_seconds
         own = {"synthesizer": synthesizer.state_dict(), "rng": rng_state()}
         shards = {}
         if distributed.get_world_size() > 1:   # every rank's own pool, latents and random state go to rank 0
@@ -376,7 +377,7 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
                      "method": args.method, "args": {k: v for k, v in vars(args).items()}, **run, **shards}
             save_checkpoint(state, args.output, is_best)
             record_epoch(args.output, epoch=epoch, epochs=args.epochs, acc1=stats[task.primary],
-                         epoch_seconds=now(device) - epoch_start, info=summary_info,
+                         epoch_seconds=epoch_seconds, info=summary_info,
                          synthesis_seconds=run["synthesis_seconds"], kd_seconds=run["kd_seconds"])
         phase["output"] = now(device) - tic
         logger.info(

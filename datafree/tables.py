@@ -278,9 +278,7 @@ def _hours(h):
 
 def format_cell(r):
     if r["acc1"] is None:
-        text = r["status"] if r["status"] != "missing" else "-"
-        if r["finished"] and r["status"] != "done":
-            text = f"{r['status']} ({r['finished']}/{r['seeds']} seeds done)"
+        text = r["status"] if r["status"] != "missing" else "-"    # no seed finished
     else:
         text = f"{r['acc1']:.2f}" + (f" +- {r['acc1_std']:.2f}" if r["seeds"] > 1 else "")
         if r["synthesis_hours"] is not None:

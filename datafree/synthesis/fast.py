@@ -46,22 +46,9 @@ def update_bn_momentum(hooks):
     distributed.average_tensors([t for h in hooks for t in (h.ema_mean, h.ema_var)])
 
 
-@register_synthesizer("fast")
-class FastSynthesizer(PoolSynthesizer):
-    flags = frozenset({"adv", "bn", "oh", "lr_g", "lr_z", "g_steps", "bn_mmt", "cmi_init"})
-    tasks = frozenset({"classification", "segmentation"})
-    meta_learning = False
-
-    def __init__(self, teacher, student, config, device):
-        super().__init__(teacher, student, config, device)
-        c = config
-        self.generator = self.task.make_generator(DEFAULT_NZ, DEFAULT_NGF, c.img_size, c.nc).to(device)
-        self.generator.train()
-        self.hooks = register_bn_hooks(teacher, c.bn_mmt)
-        self.meta = None
-        if self.meta_learning:
-            meta_cls = FirstOrderMAML if c.is_maml else Reptile
-            self.meta = meta_cls(self.generator, lr=c.lr_g * c.g_steps)
+class FastInversionLoss:
+    """Fast DFKD's inversion loss, shared by the synthesizers that use it. The host class
+    provides ``config``, ``aug``, ``teacher``, ``student``, ``hooks``, ``task`` and ``calls``."""
 
     def sample_weights(self, teacher_logits):
         """Per-sample weights of the one-hot and adversarial terms; None: a plain batch mean."""
@@ -78,6 +65,24 @@ class FastSynthesizer(PoolSynthesizer):
             terms["adv"] = self.task.adversarial_loss(self.student(inputs), t_out, weights)
         total = c.bn * terms["bn"] + c.oh * terms["oh"] + c.adv * terms.get("adv", 0.0)
         return total, terms
+
+
+@register_synthesizer("fast")
+class FastSynthesizer(FastInversionLoss, PoolSynthesizer):
+    flags = frozenset({"adv", "bn", "oh", "lr_g", "lr_z", "g_steps", "bn_mmt", "cmi_init"})
+    tasks = frozenset({"classification", "segmentation"})
+    meta_learning = False
+
+    def __init__(self, teacher, student, config, device):
+        super().__init__(teacher, student, config, device)
+        c = config
+        self.generator = self.task.make_generator(DEFAULT_NZ, DEFAULT_NGF, c.img_size, c.nc).to(device)
+        self.generator.train()
+        self.hooks = register_bn_hooks(teacher, c.bn_mmt)
+        self.meta = None
+        if self.meta_learning:
+            meta_cls = FirstOrderMAML if c.is_maml else Reptile
+            self.meta = meta_cls(self.generator, lr=c.lr_g * c.g_steps)
 
     def synthesize(self):
         c = self.config

@@ -30,7 +30,7 @@ from datafree.hooks import hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, DeepGenerator
 
 from .base import PoolSynthesizer, register_synthesizer
-from .fast import FastSynthesizer, update_bn_momentum
+from .fast import FastInversionLoss, update_bn_momentum
 from .meta import FirstOrderMAML, Reptile
 
 SYNTHESIS_CROP_SCALE = (0.75, 1.0)
@@ -45,12 +45,10 @@ def resized_crop_flip_normalize(img_size, scale, normalizer):
 
 
 @register_synthesizer("fast_meta_imagenet")
-class FastMetaImageNetSynthesizer(PoolSynthesizer):
+class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "lr_g", "lr_z", "lr_g_meta", "lr_z_meta", "g_steps", "bn_mmt",
                        "is_maml", "reinit", "rand_label", "cmi_init"})
     distributed_ready = True
-    inversion_loss = FastSynthesizer.inversion_loss   # bn * L_bn + oh * CE + adv * L_adv on self.aug(images)
-    sample_weights = FastSynthesizer.sample_weights
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
