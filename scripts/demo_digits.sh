@@ -7,12 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-resume_flag() { [ -f "$1/last.pth" ] && echo --resume || true; }
+source scripts/demo_lib.sh
 
-if [ ! -f checkpoints/pretrained/digits_wrn16_2.pth ]; then
-  python train_scratch.py --model wrn16_2 --dataset digits --epochs 30 --lr 0.05 --batch-size 64 \
-    $(resume_flag checkpoints/scratch/digits_wrn16_2)
-fi
-
-python datafree_kd.py --config configs/digits/fast_meta_5.yaml \
-  $(resume_flag checkpoints/datafree-fast_meta/digits-wrn16_2-wrn16_1) "$@"
+ensure_teacher digits wrn16_2 --epochs 30 --lr 0.05 --batch-size 64
+distil configs/digits/fast_meta_5.yaml checkpoints/datafree-fast_meta/digits-wrn16_2-wrn16_1 "$@"

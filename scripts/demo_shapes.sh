@@ -10,17 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-resume_flag() { [ -f "$1/last.pth" ] && echo --resume || true; }
+source scripts/demo_lib.sh
 
-if [ ! -f checkpoints/pretrained/shapes_deeplabv3_tiny.pth ]; then
-  python train_scratch.py --model deeplabv3_tiny --dataset shapes --epochs 30 --lr 0.1 --batch-size 32 \
-    $(resume_flag checkpoints/scratch/shapes_deeplabv3_tiny)
-fi
-
-python datafree_kd.py --config configs/shapes/fast_meta_5.yaml \
-  $(resume_flag checkpoints/datafree-fast_meta/shapes-deeplabv3_tiny-deeplabv3_tiny_s) "$@"
-python datafree_kd.py --config configs/shapes/noise.yaml \
-  $(resume_flag checkpoints/datafree-noise/shapes-deeplabv3_tiny-deeplabv3_tiny_s) "$@"
+ensure_teacher shapes deeplabv3_tiny --epochs 30 --lr 0.1 --batch-size 32
+distil configs/shapes/fast_meta_5.yaml checkpoints/datafree-fast_meta/shapes-deeplabv3_tiny-deeplabv3_tiny_s "$@"
+distil configs/shapes/noise.yaml checkpoints/datafree-noise/shapes-deeplabv3_tiny-deeplabv3_tiny_s "$@"
 
 grep -h "Best mIoU" checkpoints/datafree-fast_meta/shapes-deeplabv3_tiny-deeplabv3_tiny_s/log.txt \
   checkpoints/datafree-noise/shapes-deeplabv3_tiny-deeplabv3_tiny_s/log.txt
