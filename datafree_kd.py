@@ -74,6 +74,10 @@ def build_parser():
                             "calls (0: never)")
     synth.add_argument("--rand_label", default=1, type=int,
                        help="fast_meta_imagenet: 1 new random targets every call, 0 one fixed target per latent")
+    synth.add_argument("--synthesis_channels", default=None, type=int, metavar="C",
+                       help="channels to synthesise (default: the data's); 1 for grayscale data stored as identical "
+                            "channels (digits, mnist): one channel is made and repeated, so synthetic images are "
+                            "gray like the data")
     synth.add_argument("--synthesis_batch_size", default=None, type=int,
                        help="images per synthesis call (default: --batch_size)")
     synth.add_argument("--img_size", default=None, type=int,
@@ -184,10 +188,26 @@ def check_args(args, parser):
         raise UsageError(f"--fp16 means --precision fp16, which contradicts --precision {args.precision}; drop one")
     args.precision = args.precision or ("fp16" if args.fp16 else "fp32")
     milestones(args)
+    check_synthesis_channels(args)
     if distributed.launched_by_torchrun() and not SYNTHESIZERS[args.method].distributed_ready:
         ready = sorted(name for name, cls in SYNTHESIZERS.items() if cls.distributed_ready)
         raise UsageError(f"method '{args.method}' cannot run under torchrun yet (its generator would drift apart "
                          f"between the processes); run it in one process, or use one of: {', '.join(ready)}")
+
+
+def check_synthesis_channels(args):
+    """--synthesis_channels is the data's channel count, or 1 where every channel has the same statistics."""
+    if args.synthesis_channels is None:
+        return
+    stats = registry.NORMALIZE_DICT[args.dataset]
+    data_channels = len(stats["mean"])
+    if args.synthesis_channels not in (1, data_channels):
+        raise UsageError(f"--synthesis_channels {args.synthesis_channels} must be 1 (grayscale synthesis) or the "
+                         f"channel count of {args.dataset} ({data_channels})")
+    if args.synthesis_channels == 1 and (len(set(stats["mean"])) > 1 or len(set(stats["std"])) > 1):
+        raise UsageError(f"--synthesis_channels 1 is for grayscale data whose channels share one mean and std, "
+                         f"but {args.dataset}'s differ (mean {stats['mean']}); drop the flag to synthesise "
+                         f"all {data_channels} channels")
 
 
 def milestones(args):
@@ -278,6 +298,10 @@ def main(argv=None):
             raise CheckpointError(f"{resume_path} is not a datafree_kd.py run checkpoint; resume from its last.pth")
         if ckpt.get("method") != args.method:
             raise CheckpointError(f"{resume_path} was written by method '{ckpt.get('method')}', not '{args.method}'")
+        written = ckpt.get("args", {}).get("synthesis_channels")
+        if written != args.synthesis_channels:
+            raise CheckpointError(f"{resume_path} was written with --synthesis_channels {written or 'left out'}; "
+                                  f"resume with the same setting")
         synthesizer.load_state_dict(ckpt["synthesizer"])
         restore_rank_state(ckpt, resume_path, synthesizer)
         precision.load_state_dict(ckpt.get("precision"))

@@ -19,6 +19,17 @@ class Normalizer(nn.Module):
         return x * self.std + self.mean
 
 
+def repeat_channels(images, channels):
+    """(N, 1, H, W) -> (N, channels, H, W) by repeating the one channel; other shapes pass unchanged.
+
+    Grayscale data stored as identical channels (digits, MNIST) is synthesised in one channel
+    (``--synthesis_channels 1``) and shown to the networks in the data's channel count.
+    """
+    if images.shape[1] == channels:
+        return images
+    return images.expand(-1, channels, -1, -1)
+
+
 def crop_flip_normalize(img_size, mean, std, padding=4):
     """Random crop with zero padding, horizontal flip, then normalisation: images in [0, 1] -> model input."""
     return nn.Sequential(

@@ -11,7 +11,7 @@ The scripts and synthesizers never branch on the task: they ask its object for
   of synthesis: cross-entropy to random class labels for classification; for segmentation,
   where no label map can be drawn, cross-entropy to the teacher's own per-pixel argmax;
 - ``synthesis_augmentation(img_size, mean, std)``: device-side augmentation of synthetic images;
-- ``make_generator(nz, ngf, img_size, nc)``: the generator architecture for synthesis;
+- ``make_generator(nz, ngf, img_size, nc, out_channels)``: the generator architecture for synthesis;
 - ``metric()``: a streaming metric whose state is one tensor (``reduce(fn)`` sums it across
   processes, e.g. ``fn = torch.distributed.all_reduce``);
 - ``primary`` / ``label`` / ``describe(stats)`` / ``scalars(stats)``: which number picks the
@@ -162,7 +162,7 @@ class Task:
     def synthesis_augmentation(self, img_size, mean, std):
         raise NotImplementedError
 
-    def make_generator(self, nz, ngf, img_size, nc):
+    def make_generator(self, nz, ngf, img_size, nc, out_channels=None):
         raise NotImplementedError
 
     def describe(self, stats):
@@ -193,8 +193,8 @@ class Classification(Task):
     def synthesis_augmentation(self, img_size, mean, std):
         return crop_flip_normalize(img_size, mean, std)
 
-    def make_generator(self, nz, ngf, img_size, nc):
-        return Generator(nz=nz, ngf=ngf, img_size=img_size, nc=nc)
+    def make_generator(self, nz, ngf, img_size, nc, out_channels=None):
+        return Generator(nz=nz, ngf=ngf, img_size=img_size, nc=nc, out_channels=out_channels)
 
     def describe(self, stats):
         return f"acc@1={stats['acc1']:.2f} acc@5={stats['acc5']:.2f} loss={stats['loss']:.4f}"
@@ -240,9 +240,9 @@ class Segmentation(Task):
             Normalizer(mean, std),
         )
 
-    def make_generator(self, nz, ngf, img_size, nc):
+    def make_generator(self, nz, ngf, img_size, nc, out_channels=None):
         """Fully convolutional, from a spatial latent (nz x img_size/16 x img_size/16): scales to 128-256 px."""
-        return DeepGenerator(nz=nz, ngf=ngf, img_size=img_size, nc=nc)
+        return DeepGenerator(nz=nz, ngf=ngf, img_size=img_size, nc=nc, out_channels=out_channels)
 
     def describe(self, stats):
         ious = " ".join("-" if v != v else f"{v:.1f}" for v in stats["iou"])

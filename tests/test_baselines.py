@@ -110,6 +110,22 @@ def test_every_method_synthesizes_samples_and_resumes(method):
     assert twin.calls == synth.calls == 1
 
 
+@pytest.mark.parametrize("method", sorted(SYNTHESIZERS))
+def test_every_method_synthesizes_gray_images_with_one_channel(method):
+    torch.manual_seed(0)
+    teacher, student = registry.get_model("resnet8", 10).eval(), registry.get_model("resnet8", 10)
+    synth = SYNTHESIZERS[method](teacher, student, make_config(synthesis_channels=1), torch.device("cpu"))
+    images, batch = synth.synthesize()["images"], synth.sample()
+    for x in (images, batch):             # 3 channels for the networks, all equal (mean/std are equal too)
+        assert x.shape == (8, 3, 32, 32)
+        assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
+    assert images.std() > 0
+    generator = getattr(synth, "generator", None)
+    if generator is not None:             # the generator itself makes one channel
+        last_conv = [m for m in generator.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        assert last_conv.out_channels == 1
+
+
 def assert_same_state(a, b, path="state"):
     """Every tensor and number of two nested state dicts is equal."""
     if isinstance(a, dict):

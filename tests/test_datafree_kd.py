@@ -99,6 +99,17 @@ def test_resumed_run_matches_an_uninterrupted_one(teacher_file, monkeypatch):
         assert torch.allclose(a["ema_mean"], b["ema_mean"], atol=1e-5)
 
 
+def test_grayscale_synthesis_end_to_end(teacher_file):
+    datafree_kd.main(["--method", "fast", *TINY, "--synthesis_channels", "1", "--epochs", "1"])
+    ckpt = load_checkpoint("checkpoints/datafree-fast/digits-resnet8-resnet8/last.pth")
+    pool = ckpt["synthesizer"]["pool"]["images"]
+    assert pool.shape == (2 * 8, 3, 32, 32) and pool.float().std() > 0
+    assert torch.equal(pool[:, 0], pool[:, 1]) and torch.equal(pool[:, 0], pool[:, 2])
+    with pytest.raises(CheckpointError, match="written with --synthesis_channels 1; resume with the same"):
+        datafree_kd.main(["--method", "fast", *TINY, "--resume"])
+    assert datafree_kd.parse_args(["--method", "dafl", "--dataset", "mnist", "--synthesis_channels", "1"])
+
+
 def test_bf16_autocast_on_cpu(teacher_file):
     result = datafree_kd.main(["--method", "fast_meta", *TINY, "--fp16", "--epochs", "1"])
     log = open("checkpoints/datafree-fast_meta/digits-resnet8-resnet8/log.txt").read()
@@ -132,6 +143,9 @@ def test_config_file_with_command_line_override(teacher_file, in_tmp_cwd):
     (["--method", "fast", "--tv", "1e-4"], "--tv is not used by method 'fast' \\(it applies to: deepinv\\)"),
     (["--method", "zskt", "--save_pool"], "--save_pool needs a synthetic pool"),
     (["--method", "fast", "--warmup", "5", "--epochs", "5"], "must be at least 0 and below --epochs"),
+    (["--method", "dafl", "--dataset", "digits", "--synthesis_channels", "2"],
+     "must be 1 \\(grayscale synthesis\\) or the channel count of digits \\(3\\)"),
+    (["--method", "dafl", "--dataset", "cifar10", "--synthesis_channels", "1"], "cifar10's differ"),
 ])
 def test_impossible_flags(argv, message):
     with pytest.raises(UsageError, match=message):

@@ -7,6 +7,8 @@ import copy
 
 import torch.nn as nn
 
+from datafree.augment import repeat_channels
+
 
 # The original release's generator size for every 32x32 method (DAFL alone uses nz 512).
 DEFAULT_NZ = 256
@@ -34,12 +36,14 @@ def reinitialize(generator):
 class Generator(nn.Module):
     """Linear projection to (2*ngf, s/4, s/4), then two upsampling conv blocks.
 
-    z: (N, nz) -> image: (N, nc, img_size, img_size)
+    z: (N, nz) -> image: (N, out_channels, img_size, img_size); the last conv makes ``nc`` channels,
+    repeated to ``out_channels`` (default nc) when it is 1 (grayscale synthesis).
     """
 
-    def __init__(self, nz=100, ngf=64, img_size=32, nc=3):
+    def __init__(self, nz=100, ngf=64, img_size=32, nc=3, out_channels=None):
         super().__init__()
         self.nz, self.ngf, self.img_size, self.nc = nz, ngf, img_size, nc
+        self.out_channels = out_channels or nc
         self.init_size = img_size // 4
         self.l1 = nn.Sequential(nn.Linear(nz, ngf * 2 * self.init_size ** 2))
         self.conv_blocks = nn.Sequential(
@@ -67,7 +71,7 @@ class Generator(nn.Module):
 
     def forward(self, z):
         out = self.l1(z).view(z.shape[0], -1, self.init_size, self.init_size)
-        return self.conv_blocks(out)
+        return repeat_channels(self.conv_blocks(out), self.out_channels)
 
     def clone(self):
         """An independent copy on the same device (the fast generator G' of Fast DFKD)."""
@@ -77,12 +81,14 @@ class Generator(nn.Module):
 class DeepGenerator(nn.Module):
     """Fully convolutional generator for 224x224 images from a spatial latent.
 
-    z: (N, nz, img_size/16, img_size/16) -> four 2x upsamplings -> image: (N, nc, img_size, img_size)
+    z: (N, nz, img_size/16, img_size/16) -> four 2x upsamplings -> image: (N, out_channels, img_size, img_size)
+    (``nc`` channels made, repeated to ``out_channels`` as in Generator).
     """
 
-    def __init__(self, nz=100, ngf=64, img_size=224, nc=3):
+    def __init__(self, nz=100, ngf=64, img_size=224, nc=3, out_channels=None):
         super().__init__()
         self.nz, self.ngf, self.img_size, self.nc = nz, ngf, img_size, nc
+        self.out_channels = out_channels or nc
         self.init_size = img_size // 16
 
         def up_block(c_in, c_out):
@@ -107,7 +113,7 @@ class DeepGenerator(nn.Module):
         return self.conv_blocks[0], self.conv_blocks[1]
 
     def forward(self, z):
-        return self.conv_blocks(z)
+        return repeat_channels(self.conv_blocks(z), self.out_channels)
 
     def clone(self):
         return copy.deepcopy(self)

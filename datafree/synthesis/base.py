@@ -3,7 +3,8 @@
 A synthesizer is built from ``(teacher, student, config, device)`` where ``config`` is the
 run's argument namespace plus ``num_classes``, ``img_size``, ``nc``, ``mean``, ``std`` and
 ``task`` (the datafree.tasks object that owns the task-dependent losses and augmentation;
-classification when absent).
+classification when absent). ``synthesis_channels`` (default ``nc``) is how many channels a
+method synthesises: 1 for grayscale data, repeated to ``nc`` before any network sees it.
 """
 import torch
 
@@ -54,6 +55,7 @@ class BaseSynthesizer:
     def __init__(self, teacher, student, config, device):
         self.teacher, self.student, self.config, self.device = teacher, student, config, device
         self.task = getattr(config, "task", None) or build_task("classification", config.num_classes)
+        self.synthesis_channels = getattr(config, "synthesis_channels", None) or config.nc
         self.batch_size = config.synthesis_batch_size or config.batch_size
         self.sample_batch_size = config.batch_size
         self.precision = Precision(device, getattr(config, "precision", None) or config.fp16)

@@ -98,7 +98,8 @@ class CMISynthesizer(PoolSynthesizer):
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
         c = config
-        self.generator = Generator(nz=DEFAULT_NZ, ngf=DEFAULT_NGF, img_size=c.img_size, nc=c.nc).to(device).train()
+        self.generator = Generator(nz=DEFAULT_NZ, ngf=DEFAULT_NGF, img_size=c.img_size, nc=self.synthesis_channels,
+                                   out_channels=c.nc).to(device).train()
         self.bn_hooks = register_bn_hooks(teacher)
         self.feature_hooks = [InstanceMeanHook(m) for m in feature_modules(teacher, c.teacher)]
         with torch.no_grad():

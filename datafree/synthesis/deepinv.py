@@ -14,6 +14,7 @@ term is averaged over pixels (datafree/tasks.py).
 """
 import torch
 
+from datafree.augment import repeat_channels
 from datafree.criterions import jsdiv, l2_prior, total_variation
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 
@@ -51,18 +52,19 @@ class DeepInversionSynthesizer(PoolSynthesizer):
         self.calls += 1
         self.teacher.eval()
         self.student.eval()
-        shape = (self.batch_size, c.nc, c.img_size, c.img_size)
+        channels = self.synthesis_channels
+        shape = (self.batch_size, channels, c.img_size, c.img_size)
         pixels = torch.randn(shape, device=self.device, requires_grad=True)
         targets = self.task.inversion_targets(self.batch_size, self.device, sort=True)
         optimizer = torch.optim.Adam([pixels], lr=c.lr_g, betas=(0.5, 0.99))
-        low = self.normalizer(torch.zeros(1, c.nc, 1, 1, device=self.device))
-        high = self.normalizer(torch.ones(1, c.nc, 1, 1, device=self.device))
+        low = self.normalizer(torch.zeros(1, c.nc, 1, 1, device=self.device))[:, :channels]
+        high = self.normalizer(torch.ones(1, c.nc, 1, 1, device=self.device))[:, :channels]
 
         best = BestBatch(self.device)
         with hooks_active(self.teacher_hooks + self.student_hooks):
             for _ in range(c.g_steps):
                 with self.precision.autocast():
-                    view = jitter_and_flip(pixels)
+                    view = repeat_channels(jitter_and_flip(pixels), c.nc)
                     t_out = self.teacher(view)
                     terms = {"oh": self.task.one_hot_loss(t_out, targets)}
                     if c.adv > 0:
@@ -82,6 +84,6 @@ class DeepInversionSynthesizer(PoolSynthesizer):
                 with torch.no_grad():
                     pixels.copy_(torch.maximum(torch.minimum(pixels, high), low))
         self.student.train()
-        images = self.normalizer.denormalize(best.values["pixels"]).clamp(0, 1)
+        images = self.normalizer.denormalize(repeat_channels(best.values["pixels"], c.nc)).clamp(0, 1)
         self.pool.add(images)
         return {"images": images, **best.report()}

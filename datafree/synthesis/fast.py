@@ -76,7 +76,8 @@ class FastSynthesizer(FastInversionLoss, PoolSynthesizer):
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
         c = config
-        self.generator = self.task.make_generator(DEFAULT_NZ, DEFAULT_NGF, c.img_size, c.nc).to(device)
+        self.generator = self.task.make_generator(DEFAULT_NZ, DEFAULT_NGF, c.img_size, self.synthesis_channels,
+                                                  out_channels=c.nc).to(device)
         self.generator.train()
         self.hooks = register_bn_hooks(teacher, c.bn_mmt)
         self.meta = None

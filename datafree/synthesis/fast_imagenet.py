@@ -58,7 +58,8 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
         normalizer = self.aug[-1]
         self.kd_aug = resized_crop_flip_normalize(c.img_size, KD_CROP_SCALE, normalizer).to(device)
         self.aug = resized_crop_flip_normalize(c.img_size, SYNTHESIS_CROP_SCALE, normalizer).to(device)
-        self.generator = DeepGenerator(nz=DEFAULT_NZ, ngf=DEFAULT_NGF, img_size=c.img_size, nc=c.nc).to(device)
+        self.generator = DeepGenerator(nz=DEFAULT_NZ, ngf=DEFAULT_NGF, img_size=c.img_size, nc=self.synthesis_channels,
+                                       out_channels=c.nc).to(device)
         self.generator.train()
         self.hooks = register_bn_hooks(teacher, c.bn_mmt)
         self.z = self.targets = self.meta = None

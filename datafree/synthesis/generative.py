@@ -38,7 +38,8 @@ class GenerativeSynthesizer(BaseSynthesizer):
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
         c = config
-        self.generator = Generator(nz=self.nz, ngf=DEFAULT_NGF, img_size=c.img_size, nc=c.nc).to(device).train()
+        self.generator = Generator(nz=self.nz, ngf=DEFAULT_NGF, img_size=c.img_size, nc=self.synthesis_channels,
+                                   out_channels=c.nc).to(device).train()
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=c.lr_g, betas=(0.5, 0.999))
         self.normalizer = Normalizer(c.mean, c.std).to(device)
         self.hooks = register_bn_hooks(teacher) if c.bn > 0 else []

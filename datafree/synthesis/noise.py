@@ -8,7 +8,7 @@ from inputs that carry no knowledge of the teacher's data.
 """
 import torch
 
-from datafree.augment import Normalizer
+from datafree.augment import Normalizer, repeat_channels
 
 from .base import PoolSynthesizer, register_synthesizer
 
@@ -27,7 +27,7 @@ class NoiseSynthesizer(PoolSynthesizer):
     def synthesize(self):
         c = self.config
         self.calls += 1
-        pixels = torch.randn(self.batch_size, c.nc, c.img_size, c.img_size, device=self.device)
-        images = self.normalizer.denormalize(pixels).clamp(0, 1)
+        pixels = torch.randn(self.batch_size, self.synthesis_channels, c.img_size, c.img_size, device=self.device)
+        images = self.normalizer.denormalize(repeat_channels(pixels, c.nc)).clamp(0, 1)
         self.pool.add(images)
         return {"images": images}
