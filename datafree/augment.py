@@ -20,7 +20,7 @@ class Normalizer(nn.Module):
 
 
 def repeat_channels(images, channels):
-    """(N, 1, H, W) -> (N, channels, H, W) by repeating the one channel; other shapes pass unchanged.
+    """(N, 1, H, W) -> (N, channels, H, W) by repeating the one channel; (N, channels, H, W) passes unchanged.
 
     Grayscale data stored as identical channels (digits, MNIST) is synthesised in one channel
     (``--synthesis_channels 1``) and shown to the networks in the data's channel count.
