@@ -208,6 +208,8 @@ def check_synthesis_channels(args):
         raise UsageError(f"--synthesis_channels 1 is for grayscale data whose channels share one mean and std, "
                          f"but {args.dataset}'s differ (mean {stats['mean']}); drop the flag to synthesise "
                          f"all {data_channels} channels")
+    if args.synthesis_channels == data_channels:
+        args.synthesis_channels = None     # one spelling of the default, so a resume compares like with like
 
 
 def milestones(args):

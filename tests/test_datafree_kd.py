@@ -108,6 +108,7 @@ def test_grayscale_synthesis_end_to_end(teacher_file):
     with pytest.raises(CheckpointError, match="written with --synthesis_channels 1; resume with the same"):
         datafree_kd.main(["--method", "fast", *TINY, "--resume"])
     assert datafree_kd.parse_args(["--method", "dafl", "--dataset", "mnist", "--synthesis_channels", "1"])
+    assert datafree_kd.parse_args(["--method", "dafl", "--synthesis_channels", "3"]).synthesis_channels is None
 
 
 def test_bf16_autocast_on_cpu(teacher_file):
