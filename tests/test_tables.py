@@ -146,6 +146,22 @@ def test_write_table_outputs(spec):
     assert missing["acc1"] == "" and missing["status"] == "missing"
 
 
+def test_digits_mini_data_free_rows_share_one_budget():
+    """The acceptance of the baselines compares methods on one budget: only synthesis may differ."""
+    import yaml
+    spec = yaml.safe_load(open(os.path.join(REPO, "configs/tables/digits_mini.yaml")))
+    presets = {row["name"]: yaml.safe_load(open(os.path.join(REPO, row["config"])))
+               for row in spec["rows"] if "config" in row}
+    assert len(presets) == 10
+    shared = ("dataset", "teacher", "student", "batch_size", "epochs", "ep_steps", "lr", "T", "seed", "warmup",
+              "synthesis_channels")
+    budgets = {name: tuple(preset.get(k) for k in shared) for name, preset in presets.items()}
+    assert len(set(budgets.values())) == 1, budgets
+    assert all(preset["ep_steps"] % preset["kd_steps"] == 0 for preset in presets.values())
+    assert sorted(preset["method"] for preset in presets.values()) == [
+        "cmi", "dafl", "deepinv", "dfad", "dfq", "fast_meta", "fast_meta", "fast_meta", "ssd", "zskt"]
+
+
 def test_spec_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(SPEC.replace("reference_row: DeepInv-2k", "reference_row: Nope"))
