@@ -6,6 +6,7 @@ import os
 import types
 
 import pytest
+import yaml
 
 from datafree.checkpoint import record_epoch
 from datafree.errors import UsageError
@@ -148,10 +149,12 @@ def test_write_table_outputs(spec):
 
 def test_digits_mini_data_free_rows_share_one_budget():
     """The acceptance of the baselines compares methods on one budget: only synthesis may differ."""
-    import yaml
-    spec = yaml.safe_load(open(os.path.join(REPO, "configs/tables/digits_mini.yaml")))
-    presets = {row["name"]: yaml.safe_load(open(os.path.join(REPO, row["config"])))
-               for row in spec["rows"] if "config" in row}
+    def read(path):
+        with open(os.path.join(REPO, path)) as f:
+            return yaml.safe_load(f)
+
+    presets = {row["name"]: read(row["config"]) for row in read("configs/tables/digits_mini.yaml")["rows"]
+               if "config" in row}
     assert len(presets) == 10
     shared = ("dataset", "teacher", "student", "batch_size", "epochs", "ep_steps", "lr", "T", "seed", "warmup",
               "synthesis_channels")
