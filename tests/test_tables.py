@@ -6,8 +6,8 @@ import os
 import types
 
 import pytest
-import yaml
 
+import datafree_kd
 from datafree.checkpoint import record_epoch
 from datafree.errors import UsageError
 from datafree.tables import collect, load_paper, load_spec, markdown, speed_up, write_runner, write_table
@@ -147,21 +147,24 @@ def test_write_table_outputs(spec):
     assert missing["acc1"] == "" and missing["status"] == "missing"
 
 
-def test_digits_mini_data_free_rows_share_one_budget():
-    """The acceptance of the baselines compares methods on one budget: only synthesis may differ."""
-    def read(path):
-        with open(os.path.join(REPO, path)) as f:
-            return yaml.safe_load(f)
+@pytest.mark.parametrize("spec_path, epochs", [("configs/tables/digits_mini.yaml", 12),
+                                                ("configs/tables/digits_long.yaml", 100)])
+def test_digits_data_free_rows_share_one_budget(spec_path, epochs, monkeypatch):
+    """The acceptance of the baselines compares methods on one budget: only synthesis may differ.
 
-    presets = {row["name"]: read(row["config"]) for row in read("configs/tables/digits_mini.yaml")["rows"]
-               if "config" in row}
-    assert len(presets) == 10
+    Checked on the flags each cell's command line resolves to (preset, then the row's overrides)."""
+    monkeypatch.chdir(REPO)
+    spec = load_spec(spec_path, root="unused")
+    cells = [c for c in spec.cells() if c.row.script == "datafree_kd.py"]
+    args = {c.row.name: datafree_kd.parse_args(spec.command(c)[2:]) for c in cells}
+    assert len(args) == 10
     shared = ("dataset", "teacher", "student", "batch_size", "epochs", "ep_steps", "lr", "T", "seed", "warmup",
               "synthesis_channels")
-    budgets = {name: tuple(preset.get(k) for k in shared) for name, preset in presets.items()}
+    budgets = {name: tuple(getattr(a, k) for k in shared) for name, a in args.items()}
     assert len(set(budgets.values())) == 1, budgets
-    assert all(preset["ep_steps"] % preset["kd_steps"] == 0 for preset in presets.values())
-    assert sorted(preset["method"] for preset in presets.values()) == [
+    assert next(iter(budgets.values()))[shared.index("epochs")] == epochs
+    assert all(a.ep_steps % a.kd_steps == 0 for a in args.values())
+    assert sorted(a.method for a in args.values()) == [
         "cmi", "dafl", "deepinv", "dfad", "dfq", "fast_meta", "fast_meta", "fast_meta", "ssd", "zskt"]
 
 
