@@ -40,6 +40,19 @@ def logged_eval(log, epoch):
     return float(line.group(1)), float(line.group(2)), float(line.group(3))
 
 
+def assert_logged_eval_matches_one_process(log, model):
+    """The metrics summed over the two shards of the test set equal a one-process evaluation."""
+    _, _, val_set = registry.get_dataset("digits")
+    stats = evaluate(model, torch.utils.data.DataLoader(val_set, batch_size=256), torch.device("cpu"))
+    acc1, acc5, loss = logged_eval(log, 0)
+    # after one epoch the logits are near ties; the shards' batches reduce in another order, which
+    # may flip a tie: allow one image per shard, far below what a lost or doubled batch would move
+    one_image = 100.0 / len(val_set)
+    assert acc1 == pytest.approx(stats["acc1"], abs=2 * one_image + 0.01)
+    assert acc5 == pytest.approx(stats["acc5"], abs=2 * one_image + 0.01)
+    assert loss == pytest.approx(stats["loss"], abs=1e-4)
+
+
 def test_torchrun_fast_meta_matches_one_process_and_resumes(teacher_file, in_tmp_cwd, monkeypatch):
     monkeypatch.setitem(registry.MODEL_DICT, "probe_gn", ProbeNet)   # for the one-process call below
     proc = torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe", *PROBE_FLAGS, "--epochs", "1"],
@@ -90,11 +103,7 @@ def test_torchrun_fast_meta_matches_one_process_and_resumes(teacher_file, in_tmp
     assert log.count("[Eval] epoch=0") == 1
     student = ProbeNet(10)
     student.load_state_dict(ckpt["state_dict"])
-    _, _, val_set = registry.get_dataset("digits")
-    stats = evaluate(student, torch.utils.data.DataLoader(val_set, batch_size=256), torch.device("cpu"))
-    acc1, acc5, loss = logged_eval(log, 0)
-    assert (acc1, acc5) == (round(stats["acc1"], 2), round(stats["acc5"], 2))
-    assert loss == pytest.approx(stats["loss"], abs=1e-4)
+    assert_logged_eval_matches_one_process(log, student)
 
     # a one-process resume is refused; a two-process one continues each rank's own state
     with pytest.raises(CheckpointError, match="run of 2 process"):
@@ -125,14 +134,9 @@ def test_torchrun_train_scratch(in_tmp_cwd):
     assert proc.stdout.count("[Eval] epoch=0") == 1 and proc.stdout.count("teacher file:") == 1
     log = open(f"{run}/log.txt").read()
     assert log.count("[Eval] epoch=0") == 1
-    # the metrics summed over the two shards of the test set equal a one-process evaluation
     model = registry.get_model("resnet8", 10)
     model.load_state_dict(load_checkpoint(f"{run}/last.pth")["state_dict"])
-    _, _, val_set = registry.get_dataset("digits")
-    stats = evaluate(model, torch.utils.data.DataLoader(val_set, batch_size=256), torch.device("cpu"))
-    acc1, acc5, loss = logged_eval(log, 0)
-    assert (acc1, acc5) == (round(stats["acc1"], 2), round(stats["acc5"], 2))
-    assert loss == pytest.approx(stats["loss"], abs=1e-4)
+    assert_logged_eval_matches_one_process(log, model)
 
 
 def test_shard_sampler_covers_each_index_once():
