@@ -41,7 +41,7 @@ def logged_eval(log, epoch):
 
 
 def assert_logged_eval_matches_one_process(log, model):
-    """The metrics summed over the two shards of the test set equal a one-process evaluation."""
+    """The metrics summed over the two shards of the test set match a one-process evaluation."""
     _, _, val_set = registry.get_dataset("digits")
     stats = evaluate(model, torch.utils.data.DataLoader(val_set, batch_size=256), torch.device("cpu"))
     acc1, acc5, loss = logged_eval(log, 0)
