@@ -15,7 +15,6 @@ import argparse
 import os
 import resource
 import sys
-import time
 from types import SimpleNamespace
 
 import torch
@@ -24,12 +23,12 @@ from torchvision.utils import make_grid, save_image
 
 import registry
 from datafree import distributed
-from datafree.checkpoint import record_epoch
-from datafree.engine import distill_steps, evaluate, resume_training
-from datafree.errors import CheckpointError, UsageError
 from datafree import run_state
+from datafree.checkpoint import record_epoch
+from datafree.engine import distill_steps, evaluate, now, resume_training
+from datafree.errors import CheckpointError, UsageError
 from datafree.pool import REPLACE_RULES, STORAGES as POOL_STORAGES
-from datafree.precision import MODES as PRECISIONS, Precision
+from datafree.precision import AUTO, MODES as PRECISIONS, Precision, resolve_mode
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer, require_task_support
 from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, run_cli, run_summary_info
 
@@ -143,9 +142,14 @@ def build_parser():
     run.add_argument("--gpu", default=None, type=int, help="GPU index; -1 for the CPU (default: GPU 0 if any)")
     run.add_argument("--fp16", action="store_true",
                      help="mixed precision: float16 + gradient scaling on CUDA, bfloat16 on the CPU (= --precision fp16)")
-    run.add_argument("--precision", default=None, choices=PRECISIONS,
-                     help="fp32 (default), fp16 (as --fp16) or bf16 (bfloat16 autocast on any device, no scaler)")
+    run.add_argument("--precision", default=None, choices=(*PRECISIONS, AUTO),
+                     help="fp32 (default), fp16 (as --fp16), bf16 (bfloat16 autocast on any device, no scaler), or "
+                          "auto: bf16 where the device computes bfloat16 natively (a CPU with AVX512-BF16/AMX, a "
+                          "recent GPU), else fp32 (the digits presets use auto; --precision fp32 turns it off)")
     run.add_argument("--channels_last", action="store_true", help="channels-last memory format for the networks")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the student and teacher of the KD steps (synthesis stays eager: its "
+                          "generator is cloned every call); the first epoch pays the compilation")
     run.add_argument("--dist_backend", default=None, choices=["nccl", "gloo"],
                      help="torchrun only: process-group backend (default: nccl on GPUs, gloo on the CPU)")
     run.add_argument("--seed", default=0, type=int)
@@ -191,6 +195,8 @@ def check_args(args, parser):
         raise UsageError(f"--save_pool needs a synthetic pool, but method '{args.method}' samples its generator instead")
     if not 0 <= args.warmup < args.epochs:
         raise UsageError(f"--warmup ({args.warmup}) must be at least 0 and below --epochs ({args.epochs})")
+    if args.fp16 and args.precision == AUTO:   # an explicit --fp16 beats a preset's auto
+        args.precision = "fp16"
     if args.fp16 and args.precision not in (None, "fp16"):
         raise UsageError(f"--fp16 means --precision fp16, which contradicts --precision {args.precision}; drop one")
     args.precision = args.precision or ("fp16" if args.fp16 else "fp32")
@@ -262,12 +268,6 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def now(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def load_data(args):
     """The task, class count and image shape of --dataset, with its test split (the training split
     is not read: only its registered size is)."""
@@ -297,21 +297,26 @@ def build_synthesizer(args, data, student, device):
 def main(argv=None):
     args = parse_args(argv)
     device, resume_path = prepare_run(args, f"datafree-{args.method}", f"{args.dataset}-{args.teacher}-{args.student}")
+    args.precision = resolve_mode(args.precision, device)
 
     data = load_data(args)
     task, num_classes = data.task, data.num_classes
     val_loader = torch.utils.data.DataLoader(data.val_set, batch_size=max(args.batch_size, 256), shuffle=False,
                                              sampler=distributed.eval_sampler(data.val_set),
-                                             num_workers=args.workers, pin_memory=device.type == "cuda")
+                                             num_workers=args.workers, pin_memory=device.type == "cuda",
+                                             persistent_workers=args.workers > 0)   # not respawned every epoch
     student = registry.get_model(args.student, num_classes, task=task).to(device)
     if args.evaluate_only:
         return evaluate_checkpoint(student, resume_path, args.student, val_loader, device, task)
     teacher, synthesizer, config = build_synthesizer(args, data, student, device)
     distributed.seed_per_rank(args.seed)          # models are built alike; now each rank its own stream
-    kd_student = distributed.wrap_ddp(student, device)
-    optimizer = torch.optim.SGD(student.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    scheduler = build_scheduler(args, optimizer)
+    kd_student, kd_teacher = distributed.wrap_ddp(student, device), teacher
+    if args.compile:
+        kd_student, kd_teacher = torch.compile(kd_student), torch.compile(teacher)
     precision = Precision(device, args.precision)
+    optimizer = torch.optim.SGD(student.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                                **precision.optimizer_options())
+    scheduler = build_scheduler(args, optimizer)
 
     run = {"epoch": 0, "best_acc1": 0.0, "synthesis_seconds": 0.0, "kd_seconds": 0.0, "wall_seconds": 0.0}
     resharded = None
@@ -342,7 +347,7 @@ def main(argv=None):
                 logger.info(resharded)
         if hasattr(synthesizer, "pool"):
             logger.info(f"synthetic pool: {config.pool_storage} storage, shard {synthesizer.pool.path}")
-        train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger,
+        train(args, run, synthesizer, student, kd_teacher, optimizer, scheduler, precision, val_loader, device, logger,
               kd_student)
         hours = run["synthesis_seconds"] / 3600
         logger.info(f"Best {task.label}: {run['best_acc1']:.2f}  synthesis cost: {hours:.4f} h "
@@ -368,12 +373,14 @@ def save_pool(pool, folder, logger):
 
 def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger,
           kd_student=None):
-    """The epoch loop; ``kd_student`` is the student as trained (DistributedDataParallel under torchrun)."""
-    kd_student = kd_student or student
+    """The epoch loop; ``kd_student`` is the student as trained (DistributedDataParallel under torchrun, compiled
+    with --compile), ``teacher`` the teacher of the KD steps."""
+    kd_student = student if kd_student is None else kd_student
     rounds = args.ep_steps // args.kd_steps
     summary_info = run_summary_info("datafree_kd", args, args.student)
     task = synthesizer.task
     sampling_is_synthesis = synthesizer.sampling_is_synthesis
+    warmup_stats = None
     for epoch in range(run["epoch"], args.epochs):
         epoch_start = now(device)
         phase = dict.fromkeys(("synthesis", "kd", "eval", "output", "persist"), 0.0)
@@ -392,7 +399,12 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
                 phase["kd"] += kd_seconds - moved
 
         tic = now(device)
-        stats = evaluate(student, val_loader, device, task)
+        if epoch < args.warmup and warmup_stats is not None:
+            stats = warmup_stats   # no KD yet: the student is the one already evaluated in this warm-up
+        else:
+            stats = evaluate(student, val_loader, device, task)
+        if epoch < args.warmup:
+            warmup_stats = stats
         phase["eval"] = now(device) - tic
         lr = optimizer.param_groups[0]["lr"]
         if epoch >= args.warmup:

@@ -23,7 +23,6 @@ import math
 import os
 import re
 
-import torch
 
 from datafree import distributed
 from datafree.checkpoint import atomic_save, load_checkpoint, save_checkpoint

@@ -20,9 +20,7 @@ import argparse
 import json
 import os
 import sys
-import time
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

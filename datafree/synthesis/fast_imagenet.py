@@ -93,7 +93,8 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
         fast_generator = self.generator.clone()
         z = self.z.detach().clone().requires_grad_()
         optimizer = torch.optim.Adam([{"params": fast_generator.parameters()},
-                                      {"params": [z], "lr": c.lr_z}], lr=c.lr_g, betas=(0.5, 0.999))
+                                      {"params": [z], "lr": c.lr_z}], lr=c.lr_g, betas=(0.5, 0.999),
+                                      **self.precision.optimizer_options())
         self.meta.begin()
         with hooks_active(self.hooks):
             for _ in range(c.g_steps):
@@ -103,8 +104,8 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
                 optimizer.zero_grad(set_to_none=True)
                 self.precision.backward(loss, inputs=[z, *fast_generator.parameters()])
                 self.precision.unscale(optimizer)
-                if self.precision.grads_finite([z, *fast_generator.parameters()]):
-                    self.meta.after_inner_backward(fast_generator, z)
+                self.precision.drop_overflowed(optimizer)   # a skipped float16 step stays out of the meta-gradient
+                self.meta.after_inner_backward(fast_generator, z)
                 self.precision.step(optimizer)
         if c.bn_mmt > 0:
             update_bn_momentum(self.hooks)
