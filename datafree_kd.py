@@ -257,9 +257,11 @@ def synthesizer_config(args, num_classes, image_shape, train_size=None, task=Non
     projected = run_state.projected_pool_bytes(args.epochs, args.ep_steps // args.kd_steps,
                                                config.synthesis_batch_size or config.batch_size,
                                                (image_shape[0], img_size, img_size))
-    config.pool_storage = run_state.choose_pool_storage(args.pool_storage, projected)
-    if args.output:   # without a run folder (library use) the pool is not persisted
+    if args.output:
+        config.pool_storage = run_state.choose_pool_storage(args.pool_storage, projected)
         config.pool_root, config.pool_file = args.output, run_state.pool_file(distributed.get_rank())
+    else:   # library use without a run folder: the pool stays in memory and is not persisted
+        config.pool_storage = "memory"
     return config
 
 
