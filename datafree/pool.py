@@ -334,8 +334,8 @@ class ImagePool:
         or the images themselves for a pool without a file."""
         sampler = None if self._perm is None else {"rng": self._perm_rng, "pos": self._pos, "size": len(self._perm)}
         state = {"size": self.size, "sampler": sampler, "storage": self.storage}
-        if self.file is None:
-            return {**state, "images": self.images.cpu()}
+        if self.file is None:   # a copy of the used rows (a CPU view would save the whole grown buffer)
+            return {**state, "images": self.images.to("cpu", copy=True)}
         return {**state, "file": self.file, "rows": self.shard.rows if self.shard else 0,
                 "shape": list(self.shape) if self.shape else None, "generation": self.generation}
 

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,13 +119,17 @@ def test_torchrun_fast_meta_matches_one_process_and_resumes(teacher_file, in_tmp
     assert torch.equal(pool_images(RUN, 0), pool0)  # the old shards are only read
 
     # a two-process resume continues each rank's own state
-    torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe2", *PROBE_FLAGS, "--epochs", "2", "--resume"],
-             in_tmp_cwd)
+    torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe2", *PROBE_FLAGS, "--epochs", "2", "--resume",
+              "--save_pool", "--save_dir", "pngs"], in_tmp_cwd)
     resumed = load_checkpoint(f"{RUN}/last.pth")
     assert resumed["epoch"] == 2
     new0, new1 = pool_images(RUN, 0), pool_images(RUN, 1)
     assert len(new0) == len(new1) == 4 * 8
     assert torch.equal(new0[:16], pool0) and torch.equal(new1[:16], pool1)
+    # --save_pool: each process wrote its own images, numbered after the lower rank's
+    assert sorted(os.listdir("pngs")) == [f"{i:07d}.png" for i in range(64)]
+    from PIL import Image
+    assert torch.equal(torch.from_numpy(np.array(Image.open("pngs/0000032.png"))).permute(2, 0, 1), new1[0])
     other = load_checkpoint(os.path.join(RUN, resumed["rank_files"][0]))["synthesizer"]
     for k, v in resumed["synthesizer"]["generator"].items():
         assert torch.equal(v, other["generator"][k]), k
