@@ -220,15 +220,10 @@ class ImagePool:
     # ------------------------------------------------------------------ adding
     def add(self, images):
         """Append a float batch in [0, 1] (quantised on the way in) and restart the pass."""
-        batch = quantize(images)
-        self._append_rows(batch)
-        if self.storage == "memory":
-            self._store(batch.to(self.device))
-        self.size += len(batch)
-        self._restart_pass()
+        self.add_uint8(quantize(images))
 
     def add_uint8(self, batch):
-        """Append already quantised images (uint8, e.g. read from another pool)."""
+        """Append already quantised images (uint8, e.g. read from another pool) and restart the pass."""
         batch = torch.as_tensor(batch)
         self._append_rows(batch)
         if self.storage == "memory":
