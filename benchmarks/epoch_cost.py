@@ -203,6 +203,31 @@ def count_last_round(args, epochs, kd_syncs, synthesis_syncs):
     method.synthesize = synthesize
 
 
+def profile_last_epoch(args, epochs):
+    """A torch.profiler that starts with the last epoch's first synthesis call (patches this process only)."""
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []))
+    first_of_last = (epochs - 1) * (args.ep_steps // args.kd_steps)
+    method = SYNTHESIZERS[args.method]
+    real_synthesize = method.synthesize
+
+    def synthesize(self):
+        if self.calls == first_of_last:
+            profiler.start()
+        return real_synthesize(self)
+
+    method.synthesize = synthesize
+    return profiler
+
+
+def write_profile(profiler, path, setting, rows=25):
+    averages = profiler.key_averages()
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    text = averages.table(sort_by=sort, row_limit=rows, max_name_column_width=45)
+    with open(path, "w") as f:
+        f.write(f"torch.profiler, one epoch, setting {setting}, top {rows} ops by {sort}\n{text}\n")
+
+
 def network_floor(args, device, val_size, image_shape, repeats=1):
     """Seconds of one epoch's network passes in the run's setting (see the module's docstring)."""
     task = registry.get_task(args.dataset)
@@ -292,8 +317,12 @@ def child(opts):
     kd_syncs, synthesis_syncs = SyncCounter(), SyncCounter()
     if opts.count_syncs and torch.cuda.is_available():
         count_last_round(args, opts.epochs, kd_syncs, synthesis_syncs)
+    profiler = profile_last_epoch(args, opts.epochs) if opts.profile else None
     result = {"setting": opts.child, "argv": argv}
     run = datafree_kd.main(argv)
+    if profiler is not None:
+        profiler.stop()
+        write_profile(profiler, f"{opts.profile}-{opts.child.replace('+', '-')}.txt", opts.child)
     rank = distributed.get_rank()
     distributed.cleanup()
     if rank > 0:   # under torchrun, rank 0 reports
@@ -385,6 +414,8 @@ def child_command(opts, setting, result):
         cmd.append("--no_floor")
     if opts.count_syncs:
         cmd.append("--count_syncs")
+    if opts.profile:
+        cmd += ["--profile", os.path.abspath(opts.profile)]
     return cmd + ["--", *opts.kd_args]
 
 
@@ -473,6 +504,8 @@ def main(argv=None):
     parser.add_argument("--compile_backend", default=None,
                         help="torch.compile backend of the +compile settings (default: inductor; 'aot_eager' "
                              "checks the tracing in seconds, without generating code)")
+    parser.add_argument("--profile", default=None, metavar="PREFIX",
+                        help="write a torch.profiler table of each setting's last epoch to PREFIX-<setting>.txt")
     parser.add_argument("--table", default=None, help="also write the table and summary line to this file")
     parser.add_argument("--json", default=None, help="also write every result as JSON to this file")
     parser.add_argument("--verbose", action="store_true", help="print a failed setting's output")

@@ -9,9 +9,13 @@ import pytest
 import torch
 
 import datafree_kd
+import registry
 from conftest import ROOT
 from datafree.engine import BlockTimer
 from datafree.precision import Precision, native_bfloat16, resolve_mode
+from datafree.synthesis import SYNTHESIZERS
+from test_baselines import make_config
+from test_datafree_kd import TINY
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import epoch_cost  # noqa: E402
@@ -137,3 +141,32 @@ def test_block_timer_sums_blocks_on_the_cpu():
             sum(range(20000))
     first = timer.seconds()
     assert first > 0 and timer.seconds() == first
+
+
+@pytest.mark.parametrize("method", sorted(SYNTHESIZERS))
+def test_warmup_synthesis_leaves_the_student_unchanged(method):
+    """What lets train() evaluate a warm-up student once: no method's synthesis changes it."""
+    torch.manual_seed(0)
+    teacher, student = registry.get_model("resnet8", 10).eval(), registry.get_model("resnet8", 10)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    synth = SYNTHESIZERS[method](teacher, student, make_config(warmup=3), torch.device("cpu"))
+    for _ in range(2):
+        synth.synthesize()
+    for k, v in student.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_warmup_epochs_evaluate_the_student_once(teacher_file, monkeypatch):
+    calls = []
+    real_evaluate = datafree_kd.evaluate
+
+    def counted(model, *args, **kwargs):
+        calls.append(1)
+        return real_evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(datafree_kd, "evaluate", counted)
+    datafree_kd.main(["--method", "fast_meta", *TINY, "--warmup", "2", "--epochs", "3"])
+    assert len(calls) == 2       # the first warm-up epoch, then the KD epoch
+    log = open("checkpoints/datafree-fast_meta/digits-resnet8-resnet8/log.txt").read()
+    accs = [line.split("acc@1=")[1].split()[0] for line in log.splitlines() if "[Eval] epoch=" in line]
+    assert len(accs) == 3 and accs[0] == accs[1]
