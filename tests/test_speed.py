@@ -170,3 +170,28 @@ def test_warmup_epochs_evaluate_the_student_once(teacher_file, monkeypatch):
     log = open("checkpoints/datafree-fast_meta/digits-resnet8-resnet8/log.txt").read()
     accs = [line.split("acc@1=")[1].split()[0] for line in log.splitlines() if "[Eval] epoch=" in line]
     assert len(accs) == 3 and accs[0] == accs[1]
+
+
+def test_random_crop_flip_matches_pad_crop_and_mirror():
+    from datafree.augment import RandomCropFlip
+    torch.manual_seed(0)
+    images = torch.rand(3, 2, 6, 5, requires_grad=True)
+    aug = RandomCropFlip((6, 5), padding=2)
+    top, left, flip = torch.tensor([0, 4, 2]), torch.tensor([4, 0, 1]), torch.tensor([False, True, True])
+    out = aug.crop(images, top, left, flip)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for i in range(3):
+        expected = padded[i, :, top[i]:top[i] + 6, left[i]:left[i] + 5]
+        expected = expected.flip(-1) if flip[i] else expected
+        assert torch.equal(out[i], expected), i
+    out.sum().backward()                 # each pixel counts once per crop that kept it
+    kept = torch.zeros(6, 5)
+    kept[2:, :3] = 1                     # image 1: rows 2-5, columns 0-2 (corner 4, 0 of the 2-padded image)
+    assert torch.equal(images.grad[1], kept.expand(2, 6, 5))
+    # every corner and both flips are drawn, uniformly
+    top, left, flip = aug.draw(20000, 6, 5, torch.device("cpu"))
+    assert set(top.tolist()) == set(range(5)) and set(left.tolist()) == set(range(5))
+    assert abs(flip.float().mean().item() - 0.5) < 0.02
+    assert abs(top.eq(0).float().mean().item() - 0.2) < 0.02
+    with pytest.raises(ValueError, match="does not fit"):
+        RandomCropFlip(12, padding=2)(images)
