@@ -127,9 +127,14 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.generator.load_state_dict(state["generator"])
-        self.z = state["z"].to(self.device).clone().requires_grad_()
-        self.targets = state["targets"].to(self.device)
-        self.meta = self.make_meta()
-        self.meta.load_state_dict(state["meta"])
+        if state["z"].shape[0] != self.batch_size:
+            # re-sharded for another process count: this process's share of the batch changed, so
+            # its latents (and the meta optimiser that holds their moments) start afresh, G is kept
+            self.new_latents()
+        else:
+            self.z = state["z"].to(self.device).clone().requires_grad_()
+            self.targets = state["targets"].to(self.device)
+            self.meta = self.make_meta()
+            self.meta.load_state_dict(state["meta"])
         for hook, hook_state in zip(self.hooks, state["bn_hooks"]):
             hook.load_state_dict({k: None if v is None else v.to(self.device) for k, v in hook_state.items()})
