@@ -195,3 +195,24 @@ def test_random_crop_flip_matches_pad_crop_and_mirror():
     assert abs(top.eq(0).float().mean().item() - 0.2) < 0.02
     with pytest.raises(ValueError, match="does not fit"):
         RandomCropFlip(12, padding=2)(images)
+
+
+def run_script(*args):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()
+
+
+def test_epoch_cost_digits_preset_and_removed_work_run(tmp_path):
+    lines = run_script(os.path.join(ROOT, "benchmarks", "epoch_cost.py"), "--settings", "fp32", "--epochs", "2",
+                       "--teacher_ckpt", str(tmp_path / "absent.pth"), "--json", str(tmp_path / "rows.json"),
+                       "--", "--batch_size", "8", "--kd_steps", "1", "--ep_steps", "2", "--g_steps", "1")
+    assert lines[-1].startswith("epoch_cost: best=fp32 ") and "speed-up 1.00x" in lines[-1]
+    assert any("40 epochs of which 2 warm-up" in line for line in lines)   # the digits preset's schedule
+    (row,) = json.loads((tmp_path / "rows.json").read_text())
+    assert "--config" in row["result"]["argv"] and row["result"]["precision"] == "fp32"
+    assert len(row["result"]["phases"]) == 2 and all(p["kd"] > 0 for p in row["result"]["phases"])
+    lines = run_script(os.path.join(ROOT, "benchmarks", "removed_work.py"), "--batch_size", "4", "--g_steps", "1",
+                       "--kd_steps", "1", "--repeat", "1", "--teacher", "resnet8")
+    assert lines[-1].startswith("removed_work: ") and len(lines) == 5
