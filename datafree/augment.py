@@ -1,7 +1,7 @@
-"""Device-side augmentation and normalisation for synthetic batches (kornia)."""
+"""Device-side augmentation and normalisation for synthetic batches."""
 import torch
 import torch.nn as nn
-from kornia import augmentation as K
+import torch.nn.functional as F
 
 
 class Normalizer(nn.Module):
@@ -30,10 +30,46 @@ def repeat_channels(images, channels):
     return images.expand(-1, channels, -1, -1)
 
 
+class RandomCropFlip(nn.Module):
+    """A random ``size`` crop of the images zero-padded by ``padding`` on each side, mirrored left-right
+    with probability 1/2: torchvision's / kornia's RandomCrop(size, padding) + RandomHorizontalFlip.
+
+    Every draw is made on the images' device and the crop is one gather, so a batch never waits
+    for the host (kornia draws its parameters on the CPU and copies them over, a host sync per
+    call on a GPU). Differentiable: gradients reach the uncropped pixels.
+    """
+
+    def __init__(self, size, padding=4):
+        super().__init__()
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.padding = padding
+
+    def draw(self, n, height, width, device):
+        """Per image: top and left corner of the crop in the padded image, and whether to flip."""
+        rows, cols = height + 2 * self.padding - self.size[0], width + 2 * self.padding - self.size[1]
+        if rows < 0 or cols < 0:
+            raise ValueError(f"a {self.size} crop does not fit {height}x{width} images padded by {self.padding}")
+        top = torch.randint(0, rows + 1, (n,), device=device)
+        left = torch.randint(0, cols + 1, (n,), device=device)
+        flip = torch.rand(n, device=device) < 0.5
+        return top, left, flip
+
+    def crop(self, images, top, left, flip):
+        """The crops at ``top``/``left`` of the padded images, flipped where ``flip``."""
+        n, c, _, _ = images.shape
+        p, (h, w), device = self.padding, self.size, images.device
+        padded = F.pad(images, (p, p, p, p))
+        width = padded.shape[-1]
+        rows = top.view(n, 1, 1) + torch.arange(h, device=device).view(1, h, 1)
+        cols = torch.arange(w, device=device).view(1, 1, w)
+        cols = left.view(n, 1, 1) + torch.where(flip.view(n, 1, 1), w - 1 - cols, cols)
+        index = (rows * width + cols).view(n, 1, h * w).expand(n, c, h * w)
+        return padded.flatten(2).gather(2, index).view(n, c, h, w)
+
+    def forward(self, images):
+        return self.crop(images, *self.draw(images.shape[0], *images.shape[-2:], images.device))
+
+
 def crop_flip_normalize(img_size, mean, std, padding=4):
     """Random crop with zero padding, horizontal flip, then normalisation: images in [0, 1] -> model input."""
-    return nn.Sequential(
-        K.RandomCrop(size=(img_size, img_size), padding=padding),
-        K.RandomHorizontalFlip(),
-        Normalizer(mean, std),
-    )
+    return nn.Sequential(RandomCropFlip(img_size, padding), Normalizer(mean, std))

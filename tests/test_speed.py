@@ -9,9 +9,13 @@ import pytest
 import torch
 
 import datafree_kd
+import registry
 from conftest import ROOT
 from datafree.engine import BlockTimer
 from datafree.precision import Precision, native_bfloat16, resolve_mode
+from datafree.synthesis import SYNTHESIZERS
+from test_baselines import make_config
+from test_datafree_kd import TINY
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import epoch_cost  # noqa: E402
@@ -137,3 +141,78 @@ def test_block_timer_sums_blocks_on_the_cpu():
             sum(range(20000))
     first = timer.seconds()
     assert first > 0 and timer.seconds() == first
+
+
+@pytest.mark.parametrize("method", sorted(SYNTHESIZERS))
+def test_warmup_synthesis_leaves_the_student_unchanged(method):
+    """What lets train() evaluate a warm-up student once: no method's synthesis changes it."""
+    torch.manual_seed(0)
+    teacher, student = registry.get_model("resnet8", 10).eval(), registry.get_model("resnet8", 10)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    synth = SYNTHESIZERS[method](teacher, student, make_config(warmup=3), torch.device("cpu"))
+    for _ in range(2):
+        synth.synthesize()
+    for k, v in student.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_warmup_epochs_evaluate_the_student_once(teacher_file, monkeypatch):
+    calls = []
+    real_evaluate = datafree_kd.evaluate
+
+    def counted(model, *args, **kwargs):
+        calls.append(1)
+        return real_evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(datafree_kd, "evaluate", counted)
+    datafree_kd.main(["--method", "fast_meta", *TINY, "--warmup", "2", "--epochs", "3"])
+    assert len(calls) == 2       # the first warm-up epoch, then the KD epoch
+    log = open("checkpoints/datafree-fast_meta/digits-resnet8-resnet8/log.txt").read()
+    accs = [line.split("acc@1=")[1].split()[0] for line in log.splitlines() if "[Eval] epoch=" in line]
+    assert len(accs) == 3 and accs[0] == accs[1]
+
+
+def test_random_crop_flip_matches_pad_crop_and_mirror():
+    from datafree.augment import RandomCropFlip
+    torch.manual_seed(0)
+    images = torch.rand(3, 2, 6, 5, requires_grad=True)
+    aug = RandomCropFlip((6, 5), padding=2)
+    top, left, flip = torch.tensor([0, 4, 2]), torch.tensor([4, 0, 1]), torch.tensor([False, True, True])
+    out = aug.crop(images, top, left, flip)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for i in range(3):
+        expected = padded[i, :, top[i]:top[i] + 6, left[i]:left[i] + 5]
+        expected = expected.flip(-1) if flip[i] else expected
+        assert torch.equal(out[i], expected), i
+    out.sum().backward()                 # each pixel counts once per crop that kept it
+    kept = torch.zeros(6, 5)
+    kept[2:, :3] = 1                     # image 1: rows 2-5, columns 0-2 (corner 4, 0 of the 2-padded image)
+    assert torch.equal(images.grad[1], kept.expand(2, 6, 5))
+    # every corner and both flips are drawn, uniformly
+    top, left, flip = aug.draw(20000, 6, 5, torch.device("cpu"))
+    assert set(top.tolist()) == set(range(5)) and set(left.tolist()) == set(range(5))
+    assert abs(flip.float().mean().item() - 0.5) < 0.02
+    assert abs(top.eq(0).float().mean().item() - 0.2) < 0.02
+    with pytest.raises(ValueError, match="does not fit"):
+        RandomCropFlip(12, padding=2)(images)
+
+
+def run_script(*args):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()
+
+
+def test_epoch_cost_digits_preset_and_removed_work_run(tmp_path):
+    lines = run_script(os.path.join(ROOT, "benchmarks", "epoch_cost.py"), "--settings", "fp32", "--epochs", "2",
+                       "--teacher_ckpt", str(tmp_path / "absent.pth"), "--json", str(tmp_path / "rows.json"),
+                       "--", "--batch_size", "8", "--kd_steps", "1", "--ep_steps", "2", "--g_steps", "1")
+    assert lines[-1].startswith("epoch_cost: best=fp32 ") and "speed-up 1.00x" in lines[-1]
+    assert any("40 epochs of which 2 warm-up" in line for line in lines)   # the digits preset's schedule
+    (row,) = json.loads((tmp_path / "rows.json").read_text())
+    assert "--config" in row["result"]["argv"] and row["result"]["precision"] == "fp32"
+    assert len(row["result"]["phases"]) == 2 and all(p["kd"] > 0 for p in row["result"]["phases"])
+    lines = run_script(os.path.join(ROOT, "benchmarks", "removed_work.py"), "--batch_size", "4", "--g_steps", "1",
+                       "--kd_steps", "1", "--repeat", "1", "--teacher", "resnet8")
+    assert lines[-1].startswith("removed_work: ") and len(lines) == 5

@@ -152,5 +152,11 @@ class BestBatch:
 
     def report(self):
         """Loss terms of the best step as floats (one host sync), prefixed 'loss'."""
-        return {"loss": self.loss.item(),
-                **{f"loss_{k[5:]}": v.item() for k, v in self.values.items() if k.startswith("term_")}}
+        return loss_report(self.loss, {k[5:]: v for k, v in self.values.items() if k.startswith("term_")})
+
+
+def loss_report(loss, terms):
+    """``{'loss': float, 'loss_<term>': float, ...}`` from device scalars, read in one host sync."""
+    values = torch.stack([torch.as_tensor(v, device=loss.device).detach().float()
+                          for v in (loss, *terms.values())]).tolist()
+    return dict(zip(["loss", *(f"loss_{k}" for k in terms)], values))

@@ -29,7 +29,7 @@ from kornia import augmentation as K
 from datafree.hooks import hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, DeepGenerator
 
-from .base import PoolSynthesizer, register_synthesizer
+from .base import PoolSynthesizer, loss_report, register_synthesizer
 from .fast import FastInversionLoss, update_bn_momentum
 from .meta import FirstOrderMAML, Reptile
 
@@ -113,7 +113,7 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
         self.student.train()
         images = images.detach().float()
         self.pool.add(images)
-        return {"images": images, "loss": loss.item(), **{f"loss_{k}": v.item() for k, v in terms.items()}}
+        return {"images": images, **loss_report(loss, terms)}
 
     def sample(self):
         with torch.no_grad():
