@@ -30,13 +30,15 @@ from datafree.errors import CheckpointError, UsageError
 from datafree.pool import REPLACE_RULES, STORAGES as POOL_STORAGES
 from datafree.precision import AUTO, MODES as PRECISIONS, Precision, resolve_mode
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer, require_task_support
+from datafree.synthesis.ssd import SAMPLING as SSD_SAMPLING
 from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, run_cli, run_summary_info
 
 # Flags that belong to particular methods; setting one away from its default for a method
 # that ignores it is an error.
 METHOD_FLAGS = ("adv", "bn", "oh", "act", "balance", "tv", "l2", "cr", "cr_T", "cmi_init", "lr_g", "lr_z",
                 "g_steps", "reset_l0", "reset_bn", "bn_mmt", "is_maml", "lr_g_meta", "lr_z_meta", "reinit", "rand_label",
-                "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight")
+                "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight",
+                "ssd_sampling", "ssd_policy_lr", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every", "ssd_refresh_share")
 
 
 def build_parser():
@@ -95,17 +97,36 @@ def build_parser():
 
     ssd = parser.add_argument_group("SSD-KD (--method ssd; see README: what is from the paper and what is ours)")
     ssd.add_argument("--ssd_buffer_size", default=0, type=int,
-                     help="images the replay buffer holds (default 0: 10%% of the dataset's training set)")
+                     help="images the replay buffer holds (default 0: 10%% of the dataset's training set); under "
+                          "torchrun the total, each process holding its share")
+    ssd.add_argument("--ssd_kd_passes", default=0.0, type=float,
+                     help="passes over the buffer per epoch, which set its KD steps (default 0: as many passes as "
+                          "--ep_steps x --batch_size make over the real training set, Fast's schedule)")
+    ssd.add_argument("--ssd_refresh_every", default=0, type=int, metavar="K",
+                     help="once the buffer is full, a synthesis call before every K-th KD step (default 0: by "
+                          "--ssd_refresh_share)")
+    ssd.add_argument("--ssd_refresh_share", default=0.0, type=float,
+                     help="once the buffer is full, the share of it renewed per epoch by synthesis calls of "
+                          "--ssd_replace each (default 0: one call per epoch)")
+    ssd.add_argument("--ssd_sampling", default="policy", choices=SSD_SAMPLING,
+                     help="how KD batches are drawn from the buffer: a learned policy (REINFORCE, rewarded by the "
+                          "student's progress on its draws), fixed priorities (prioritised replay), or uniformly")
+    ssd.add_argument("--ssd_policy_lr", default=0.05, type=float,
+                     help="learning rate of the sampling policy (--ssd_sampling policy)")
+    ssd.add_argument("--ssd_phi", default=1, type=int, choices=(0, 1),
+                     help="1: the modulating function phi weighs inversion and KD; 0: every sample weighs 1")
     ssd.add_argument("--ssd_gamma", default=2.0, type=float,
                      help="difficulty exponent of the modulating function: (1 - teacher confidence)^gamma")
     ssd.add_argument("--ssd_beta", default=0.4, type=float,
-                     help="importance-sampling exponent at the start; it rises linearly to 1 by the last call")
+                     help="importance-sampling exponent at the start; it rises linearly to 1 by the last KD step")
     ssd.add_argument("--ssd_alpha", default=0.6, type=float,
-                     help="priority exponent: P(i) proportional to priority_i^alpha (0: uniform draws)")
+                     help="priority exponent: P(i) proportional to priority_i^alpha (--ssd_sampling priority), and "
+                          "the policy's starting point")
     ssd.add_argument("--ssd_max_weight", default=3.0, type=float,
                      help="cap of the modulating weight phi (mean 1 over a batch) of one sample")
-    ssd.add_argument("--ssd_replace", default=0.1, type=float,
-                     help="share of a full buffer replaced per synthesis call (capped at one batch)")
+    ssd.add_argument("--ssd_replace", default=0.25, type=float,
+                     help="share of a full buffer that one refresh call synthesises and replaces (at most one "
+                          "synthesis batch)")
     ssd.add_argument("--ssd_replace_rule", default="priority", choices=REPLACE_RULES,
                      help="which stored images a full buffer gives up: lowest priority, oldest, or random")
 
@@ -189,6 +210,7 @@ def check_args(args, parser):
             users = sorted(name for name, cls in SYNTHESIZERS.items() if flag in cls.flags)
             where = f"it applies to: {', '.join(users)}" if users else "no registered method uses it yet"
             raise UsageError(f"--{flag} is not used by method '{args.method}' ({where}); drop it")
+    SYNTHESIZERS[args.method].check_args(args)
     if args.kd_steps <= 0 or args.ep_steps < args.kd_steps:
         raise UsageError(f"--kd_steps ({args.kd_steps}) must be positive and at most --ep_steps ({args.ep_steps})")
     if args.save_pool and not issubclass(SYNTHESIZERS[args.method], PoolSynthesizer):
@@ -320,7 +342,8 @@ def main(argv=None):
                                 **precision.optimizer_options())
     scheduler = build_scheduler(args, optimizer)
 
-    run = {"epoch": 0, "best_acc1": 0.0, "synthesis_seconds": 0.0, "kd_seconds": 0.0, "wall_seconds": 0.0}
+    run = {"epoch": 0, "best_acc1": 0.0, "synthesis_seconds": 0.0, "kd_seconds": 0.0, "wall_seconds": 0.0,
+           "synthesis_calls": 0, "kd_steps": 0}
     resharded = None
     if resume_path:
         ckpt = resume_training(resume_path, student, args.student, optimizer, scheduler, device)
@@ -334,7 +357,7 @@ def main(argv=None):
                                   f"resume with the same setting")
         resharded = run_state.restore(ckpt, resume_path, synthesizer, args.seed, device)
         precision.load_state_dict(ckpt.get("precision"))
-        run.update({k: ckpt[k] for k in run})
+        run.update({k: ckpt.get(k, run[k]) for k in run})   # the call and step counters are newer than some checkpoints
     elif args.cmi_init:
         synthesizer.seed_pool(args.cmi_init)
     if args.start_epoch is not None:
@@ -378,27 +401,30 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
     """The epoch loop; ``kd_student`` is the student as trained (DistributedDataParallel under torchrun, compiled
     with --compile), ``teacher`` the teacher of the KD steps."""
     kd_student = student if kd_student is None else kd_student
-    rounds = args.ep_steps // args.kd_steps
     summary_info = run_summary_info("datafree_kd", args, args.student)
     task = synthesizer.task
     sampling_is_synthesis = synthesizer.sampling_is_synthesis
-    warmup_stats = None
+    warmup_stats, grid = None, None
     for epoch in range(run["epoch"], args.epochs):
         epoch_start = now(device)
         phase = dict.fromkeys(("synthesis", "kd", "eval", "output", "persist"), 0.0)
-        kd_loss, syn_out = float("nan"), None
-        for _ in range(rounds):
-            tic = now(device)
-            syn_out = synthesizer.synthesize()
-            phase["synthesis"] += now(device) - tic
-            if epoch >= args.warmup:
+        kd_loss, losses = float("nan"), {}
+        for calls, steps in synthesizer.epoch_plan(epoch):
+            for _ in range(calls):
                 tic = now(device)
-                kd_loss, sample_seconds = distill_steps(synthesizer, kd_student, teacher, optimizer, precision,
-                                                        args.kd_steps)
+                syn_out = synthesizer.synthesize()
+                phase["synthesis"] += now(device) - tic
+                run["synthesis_calls"] += 1
+                losses = {k: v for k, v in syn_out.items() if k.startswith("loss")}
+                grid = syn_out["images"]
+            if epoch >= args.warmup and steps:
+                tic = now(device)
+                kd_loss, sample_seconds = distill_steps(synthesizer, kd_student, teacher, optimizer, precision, steps)
                 kd_seconds = now(device) - tic
                 moved = sample_seconds if sampling_is_synthesis else 0.0
                 phase["synthesis"] += moved
                 phase["kd"] += kd_seconds - moved
+                run["kd_steps"] += steps
 
         tic = now(device)
         if epoch < args.warmup and warmup_stats is not None:
@@ -418,11 +444,10 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
         run["synthesis_seconds"] += phase["synthesis"]
         run["kd_seconds"] += phase["kd"]
         run["epoch"] = epoch + 1
-        if distributed.is_main_process():
-            grid = make_grid(syn_out["images"][:64].float().cpu(), nrow=8)
-            save_image(grid, os.path.join(args.output, "synthetic.png"))
-            logger.writer.add_image("synthetic", grid, epoch)
-        losses = {k: v for k, v in syn_out.items() if k.startswith("loss")}
+        if distributed.is_main_process() and grid is not None:   # the latest call's images (an epoch may make none)
+            image_grid = make_grid(grid[:64].float().cpu(), nrow=8)
+            save_image(image_grid, os.path.join(args.output, "synthetic.png"))
+            logger.writer.add_image("synthetic", image_grid, epoch)
         logger.scalars(task.scalars(stats), epoch, "val/")
         logger.scalars({"kd_loss": kd_loss, "lr": lr, **{f"{k}_seconds": v for k, v in phase.items()}},
                        epoch, "train/")
@@ -440,11 +465,14 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
                                       "best_acc1", "args")} if is_best else None
         run_state.persist(synthesizer, args.output, run["epoch"], state, is_best, best)
         phase["persist"] = now(device) - tic
+        pool = getattr(synthesizer, "pool", None)
+        stored = {} if pool is None else {"synthetic_images": sum(distributed.all_gather_ints(len(pool)))}
         if distributed.is_main_process():
             record_epoch(args.output, epoch=epoch, epochs=args.epochs, acc1=stats[task.primary],
                          epoch_seconds=epoch_seconds, info=summary_info, measured={
                              "persist_seconds": phase["persist"], "peak_rss_mb": peak_rss_mb()},
-                         synthesis_seconds=run["synthesis_seconds"], kd_seconds=run["kd_seconds"])
+                         synthesis_seconds=run["synthesis_seconds"], kd_seconds=run["kd_seconds"],
+                         synthesis_calls=run["synthesis_calls"], kd_steps=run["kd_steps"], **stored)
         logger.info(
             f"[Eval] epoch={epoch} {task.describe(stats)} "
             f"best={run['best_acc1']:.2f} lr={lr:.4g} kd_loss={kd_loss:.4f} "

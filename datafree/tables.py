@@ -30,6 +30,7 @@ SCRIPTS = ("datafree_kd.py", "train_scratch.py", "vanilla_kd.py")
 # Scripts that distil from a teacher and so take --teacher/--student/--teacher_ckpt.
 TEACHER_SCRIPTS = ("datafree_kd.py", "vanilla_kd.py")
 RUNNER_FILE = "runner.json"
+SPEED_UP_OF = ("synthesis", "wall")
 PAPER_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "configs", "tables", "paper_results.yaml")
 
@@ -71,6 +72,7 @@ class TableSpec:
     seeds: list = field(default_factory=lambda: [0])
     paper: str = None             # key of configs/tables/paper_results.yaml
     reference_row: str = None     # the speed-up baseline (DeepInversion in the paper)
+    speed_up_of: str = "synthesis"  # the hours the speed-up compares: synthesis (the paper's) or wall (total)
     teacher_ckpt: str = None
     root: str = None
     description: str = ""
@@ -154,6 +156,8 @@ def load_spec(path, root=None):
     if len(set(names)) != len(names):
         raise UsageError(f"{path}: row names must be unique")
     spec = TableSpec(**{**raw, "rows": rows, "pairs": [tuple(p) for p in raw["pairs"]]})
+    if spec.speed_up_of not in SPEED_UP_OF:
+        raise UsageError(f"{path}: speed_up_of must be one of {', '.join(SPEED_UP_OF)}, not '{spec.speed_up_of}'")
     if spec.reference_row and spec.reference_row not in names:
         raise UsageError(f"{path}: reference_row '{spec.reference_row}' is not a row of the table")
     spec.root = root or spec.root or os.path.join("runs", "tables", spec.name)
@@ -227,9 +231,13 @@ def budget_of(summary):
     """One line saying what a run cost in steps, from the flags in its summary."""
     a = summary.get("args", {})
     if summary.get("script") == "datafree_kd":
+        stored = f"; {summary['synthetic_images']:,} images kept" if "synthetic_images" in summary else ""
+        if "kd_steps" in summary:      # what the run did (a method may plan its own epochs: SSD-KD)
+            return (f"{a['method']}: {a['epochs']} ep, {summary['kd_steps']:,} KD steps of {a['batch_size']}; "
+                    f"{summary['synthesis_calls']:,} synthesis calls x {a.get('g_steps')} steps{stored}")
         calls = a["ep_steps"] // a["kd_steps"]
         return (f"{a['method']}: {a['epochs']} ep x {a['ep_steps']} KD steps of {a['batch_size']}; "
-                f"{calls} synthesis call(s)/ep x {a.get('g_steps')} steps")
+                f"{calls} synthesis call(s)/ep x {a.get('g_steps')} steps{stored}")
     return f"{summary.get('script')}: {a.get('epochs')} ep on real data, batch {a.get('batch_size')}"
 
 
@@ -263,10 +271,10 @@ def collect(spec):
                 "budget": budget_of(done[0]) if done else "",
                 "histories": [(c.seed, s["history"]) for c, (st, s) in zip(cells, states) if s],
             })
-    speed = {}
+    speed, hours = {}, f"{spec.speed_up_of}_hours"
     for row in spec.rows:
-        ours = {r["pair"]: r["synthesis_hours"] for r in results if r["row"] == row.name and r["synthesis_hours"]}
-        ref = ({r["pair"]: r["synthesis_hours"] for r in results if r["row"] == spec.reference_row}
+        ours = {r["pair"]: r[hours] for r in results if r["row"] == row.name and r[hours]}
+        ref = ({r["pair"]: r[hours] for r in results if r["row"] == spec.reference_row}
                if spec.reference_row else {})
         speed[row.name] = (speed_up(ref, ours) if ours else None, paper_speed.get(row.paper_row or row.name))
     return results, speed
@@ -381,7 +389,7 @@ def write_table(spec, folder=None):
     text = markdown(spec, results, speed)
     header = f"# {spec.name}\n\n{spec.description.strip()}\n\n" if spec.description else f"# {spec.name}\n\n"
     notes = ("Cells: best top-1 (%) of the student, (synthesis hours; total wall hours); mean +- std over seeds "
-             "when there are several. Speed-up: mean over pairs of the reference row's synthesis hours over "
+             f"when there are several. Speed-up: mean over pairs of the reference row's {spec.speed_up_of} hours over "
              f"this row's{' (reference: ' + spec.reference_row + ')' if spec.reference_row else ''}.\n\n")
     paths = [os.path.join(folder, "table.md"), os.path.join(folder, "table.csv")]
     atomic_write_text(header + notes + text, paths[0])

@@ -1,4 +1,5 @@
 """torchrun runs (two gloo processes on the CPU) against one-process arithmetic."""
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ from datafree import distributed
 from datafree.checkpoint import load_checkpoint
 from datafree.criterions import kldiv
 from datafree.engine import evaluate
-from datafree.errors import UsageError
+from datafree.errors import CheckpointError, UsageError
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from dist_probe import ProbeNet  # noqa: E402
@@ -176,3 +177,45 @@ def test_methods_that_would_drift_are_refused_under_torchrun(monkeypatch):
     with pytest.raises(UsageError, match="cannot run under torchrun.*fast_meta"):
         datafree_kd.parse_args(["--method", "zskt"])
     assert datafree_kd.parse_args(["--method", "fast_meta"]).method == "fast_meta"
+
+
+SSD_FLAGS = ["--method", "ssd", "--dataset", "digits", "--teacher", "resnet8", "--student", "probe_gn", "--gpu", "-1",
+             "--batch_size", "16", "--synthesis_batch_size", "16", "--ssd_buffer_size", "24", "--ssd_kd_passes", "2",
+             "--ssd_replace", "0.25", "--g_steps", "1", "--lr", str(LR), "--T", str(T), "--bn", "1", "--oh", "1",
+             "--adv", "1", "--bn_mmt", "0.9", "--lr_g", "1e-3", "--lr_z", "0.01", "--seed", "3"]
+SSD_RUN = "checkpoints/datafree-ssd/digits-resnet8-probe_gn"
+
+
+def test_torchrun_ssd_each_rank_its_buffer_and_policy(teacher_file, in_tmp_cwd, monkeypatch):
+    monkeypatch.setitem(registry.MODEL_DICT, "probe_gn", ProbeNet)   # for the one-process resume below
+    torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe", *SSD_FLAGS, "--epochs", "2"], in_tmp_cwd)
+    ranks = [torch.load(f"probe/rank{r}.pt", weights_only=False) for r in range(2)]
+    # buffer 24 over 2 processes: 12 each, batches of 8; 2 passes x 12 / 8 = 3 KD steps an epoch. Epoch 0:
+    # two calls of 8 fill it (the 4 with the largest phi of the second join); epoch 1: one refresh call of
+    # ceil(0.25 x 12) = 3 images
+    for r in ranks:
+        assert [len(e["batches"]) for e in r["rounds"]] == [3, 3]
+        assert all(b.shape == (8, 3, 32, 32) for e in r["rounds"] for b in e["batches"])
+    for r0, r1 in zip(ranks[0]["rounds"], ranks[1]["rounds"]):
+        for k, v in r0["generator"].items():          # one generator, meta-updated alike on both ranks
+            assert torch.equal(v, r1["generator"][k]), k
+        for k, v in r0["after"].items():              # one student (DDP)
+            assert torch.allclose(v, r1["after"][k]), k
+    ckpt = load_checkpoint(f"{SSD_RUN}/last.pth")
+    other = load_checkpoint(os.path.join(SSD_RUN, ckpt["rank_files"][0]))
+    states = [ckpt["synthesizer"], other["synthesizer"]]
+    assert [s["pool"]["size"] for s in states] == [12, 12] and [s["steps_done"] for s in states] == [6, 6]
+    assert [s["pool"]["rows"] for s in states] == [8 + 4 + 3] * 2    # append-only: 8, the 4 that fit, a refresh of 3
+    assert all(s["policy"]["updates"] == 5 for s in states)                    # every step but the run's last
+    assert not torch.equal(states[0]["policy"]["theta"], states[1]["policy"]["theta"])   # each rank learns its own
+    assert not torch.equal(pool_images(SSD_RUN, 0), pool_images(SSD_RUN, 1))
+    summary = json.load(open(f"{SSD_RUN}/summary.json"))
+    assert summary["synthetic_images"] == 24 and summary["kd_steps"] == 6 and summary["synthesis_calls"] == 3
+
+    # two processes resume their own buffers; one process is refused (bounded buffers are not re-sharded)
+    torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe2", *SSD_FLAGS, "--epochs", "3", "--resume"],
+             in_tmp_cwd)
+    resumed = load_checkpoint(f"{SSD_RUN}/last.pth")
+    assert resumed["epoch"] == 3 and resumed["synthesizer"]["steps_done"] == 9
+    with pytest.raises(CheckpointError, match="cannot be re-sharded"):
+        datafree_kd.main([*SSD_FLAGS, "--epochs", "4", "--resume"])

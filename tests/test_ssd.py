@@ -8,7 +8,8 @@ import registry
 from datafree.criterions import adversarial_kl, kldiv_per_sample
 from datafree.pool import PrioritizedPool
 from datafree.synthesis import SYNTHESIZERS
-from datafree.synthesis.ssd import importance_beta, modulating_weights
+from datafree.synthesis.ssd import (SamplingPolicy, buffer_weights, importance_beta, modulating_weights,
+                                    refresh_calls, split_steps)
 from tests.test_baselines import make_config
 
 
@@ -79,14 +80,14 @@ def test_buffer_never_exceeds_its_size_and_replaces_by_rule(rule):
     phi = torch.tensor([0.1, 3.0, 0.2, 2.0])
     pool.add(torch.stack([batch(v, 1)[0] for v in (10, 11, 12, 13)]), phi, torch.ones(4, dtype=torch.long))
     assert len(pool) == 6
-    assert pool.images[4:, 0, 0, 0].tolist() == [11, 13] and pool.weight[4:].tolist() == [3.0, 2.0]
+    assert pool.images[4:, 0, 0, 0].tolist() == [11, 13]
     pool.update_priorities(torch.arange(6), torch.tensor([5.0, 0.5, 4.0, 0.1, 3.0, 2.0]))
     before = pool.images[:, 0, 0, 0].clone()
     # Full: ceil(0.5 * 6) = 3 new images (the top-phi ones) replace 3 stored ones.
     phi = torch.tensor([1.0, 4.0, 2.0, 3.0, 0.5])
     slots = pool.add(torch.stack([batch(v, 1)[0] for v in (20, 21, 22, 23, 24)]), phi,
                      torch.full((5,), 2, dtype=torch.long))
-    assert len(pool) == 6 and len(pool.priority) == len(pool.weight) == len(pool.label) == 6
+    assert len(pool) == 6 and all(len(getattr(pool, key)) == 6 for key in pool.SLOT_STATE)
     assert len(slots) == 3
     assert sorted(pool.images[slots, 0, 0, 0].tolist()) == [21, 22, 23]
     if rule == "priority":      # the three lowest priorities: slots 3 (0.1), 1 (0.5), 5 (2.0)
@@ -116,14 +117,16 @@ def ssd_synthesizer(**overrides):
 
 
 def test_ssd_kd_loss_weights_and_refreshes_drawn_priorities():
-    synth, teacher, student = ssd_synthesizer()
-    for _ in range(3):
+    synth, teacher, student = ssd_synthesizer(ssd_sampling="priority", g_steps=1)
+    for _ in range(2):
         synth.synthesize()
-    assert len(synth.pool) == 12                       # 8 + 4 appended, then partial replacement
+    assert len(synth.pool) == 12                       # 8, then 4 of the next 8 (the largest phi)
+    synth.pool.update_priorities(torch.arange(12), torch.rand(12))
+    phi = synth.buffer_phi()
     images = synth.sample()
-    index, weights = synth.drawn
-    beta = importance_beta(0.4, synth.calls, synth.total_calls)
-    assert torch.allclose(weights, synth.pool.importance_weights(index, beta) * synth.pool.weight[index])
+    index, weights = synth.drawn["index"], synth.drawn["weights"]
+    beta = importance_beta(0.4, synth.steps_done, synth.total_kd_steps)
+    assert torch.allclose(weights, synth.pool.importance_weights(index, beta) * phi[index])
     assert weights.max().item() <= 3.0 + 1e-6          # importance weights <= 1, phi capped at 3
     s_out, t_out = student(images), teacher(images)
     loss = synth.kd_loss(s_out, t_out)
@@ -141,3 +144,217 @@ def test_ssd_kd_loss_weights_and_refreshes_drawn_priorities():
 def test_buffer_size_defaults_to_a_tenth_of_the_training_set():
     synth, _, _ = ssd_synthesizer(ssd_buffer_size=0, train_size=1257)
     assert synth.pool.capacity == math.ceil(125.7)
+
+
+# ---- the refresh schedule -------------------------------------------------------------------------
+
+def filled_synthesizer(**overrides):
+    """An SSD synthesizer (buffer 12, batches of 8) with a full buffer of random images (no synthesis)."""
+    synth, teacher, student = ssd_synthesizer(**overrides)
+    assert synth.epoch_plan(0) == [(2, synth.steps_per_epoch)]      # ceil(12 / 8) calls fill the empty buffer
+    torch.manual_seed(1)
+    synth.pool.add(torch.rand(12, 3, 32, 32), torch.ones(12), torch.randint(0, 10, (12,)), torch.rand(12))
+    assert synth.pool.full
+    return synth, teacher, student
+
+
+def test_kd_steps_follow_the_buffer_not_the_training_set():
+    # passes over the buffer x buffer / batch: 4 x 12 / 8 = 6 KD steps an epoch
+    synth, _, _ = ssd_synthesizer(ssd_kd_passes=4.0)
+    assert synth.steps_per_epoch == 6 and synth.total_kd_steps == 6 * 2
+    # default passes: Fast's over the training set, ep_steps x batch / train_size = 40 x 8 / 100 = 3.2;
+    # 3.2 x 12 / 8 = 4.8 -> 5
+    synth, _, _ = ssd_synthesizer(ep_steps=40, kd_steps=20)
+    assert synth.steps_per_epoch == 5
+    # at least one step, however small the buffer
+    synth, _, _ = ssd_synthesizer(ssd_buffer_size=2)
+    assert synth.steps_per_epoch == 1
+
+
+def test_refresh_once_per_epoch_synthesises_only_what_it_replaces():
+    synth, _, _ = filled_synthesizer(ssd_kd_passes=4.0, ssd_replace=0.25, g_steps=1)
+    assert synth.epoch_plan(1) == [(1, 6)]             # default: one refresh call an epoch
+    before = synth.pool.age.clone()
+    out = synth.synthesize()
+    # ceil(0.25 x 12) = 3 images made, and all three admitted in place of three stored ones
+    assert out["images"].shape[0] == 3
+    assert int((synth.pool.age != before).sum()) == 3 and len(synth.pool) == 12
+
+
+def test_refresh_share_spreads_calls_over_epochs():
+    # 1/8 of 12 images per epoch, 3 a call: 0.5 calls an epoch -> a call every second epoch
+    assert [refresh_calls(e, 0.125, 12, 3) for e in range(6)] == [0, 1, 0, 1, 0, 1]
+    # 3/4 of 12 = 9 images an epoch in calls of 2: 4.5 calls -> 4, 5, 4, 5
+    assert [refresh_calls(e, 0.75, 12, 2) for e in range(4)] == [4, 5, 4, 5]
+    synth, _, _ = filled_synthesizer(ssd_kd_passes=4.0, ssd_replace=0.25, ssd_refresh_share=0.125)
+    assert [synth.epoch_plan(e) for e in (1, 2)] == [[(1, 6)], [(0, 6)]]
+    synth, _, _ = filled_synthesizer(ssd_kd_passes=4.0, ssd_replace=0.25, ssd_refresh_share=0.5, epochs=4)
+    assert synth.epoch_plan(1) == [(1, 3), (1, 3)]     # two calls, the epoch's steps split between them
+
+
+def test_refresh_every_k_steps_follows_the_step_count():
+    synth, _, _ = filled_synthesizer(ssd_kd_passes=4.0, ssd_refresh_every=4)
+    synth.steps_done = 0                               # steps 0..5: a call before step 4
+    assert synth.epoch_plan(1) == [(0, 4), (1, 2)]
+    synth.steps_done = 6                               # steps 6..11: calls before 8
+    assert synth.epoch_plan(2) == [(0, 2), (1, 4)]
+    synth.steps_done = 8                               # steps 8..13: calls before 8 and 12
+    assert synth.epoch_plan(3) == [(0, 0), (1, 4), (1, 2)]
+    assert [split_steps(7, 3), split_steps(6, 2)] == [[3, 2, 2], [3, 3]]
+
+
+def test_warmup_epochs_keep_fasts_calls():
+    synth, _, _ = ssd_synthesizer(warmup=1, ep_steps=4, kd_steps=2)
+    assert synth.epoch_plan(0) == [(1, 2), (1, 2)]     # Fast's rounds; the loop skips their KD steps
+
+
+def test_no_second_teacher_pass_when_images_join_the_buffer():
+    synth, teacher, _ = ssd_synthesizer(g_steps=2)
+    calls = []
+    handle = teacher.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        synth.synthesize()
+    finally:
+        handle.remove()
+    assert len(calls) == 2                             # one teacher forward per synthesis step, none more
+    # the stored difficulty is the focal factor of the logits kept from the best step
+    assert synth.pool.difficulty.min() >= 0 and synth.pool.difficulty.max() <= 1
+
+
+# ---- phi refreshed from the KD step ----------------------------------------------------------------
+
+def test_buffer_phi_by_hand():
+    labels = torch.tensor([0, 0, 1, 2])
+    difficulty = torch.tensor([0.5, 0.1, 0.2, 0.4])
+    # counts [2, 1, 1] of 4 images, Laplace-smoothed shares [3/7, 2/7, 2/7]; diversity = (1/3) / share
+    diversity = torch.tensor([7 / 9, 7 / 9, 7 / 6, 7 / 6])
+    raw = diversity * difficulty
+    assert torch.allclose(buffer_weights(labels, difficulty, 3), raw / raw.mean())
+    capped = buffer_weights(labels, difficulty, 3, max_weight=1.2)
+    assert torch.allclose(capped, (raw / raw.mean()).clamp(max=1.2))
+
+
+def test_kd_step_refreshes_difficulty_class_and_phi_of_its_draws():
+    synth, teacher, student = filled_synthesizer(ssd_sampling="uniform")
+    synth.pool.difficulty.fill_(0.5)
+    synth.pool.label.fill_(0)
+    images = synth.sample()
+    index = synth.drawn["index"]
+    t_out = torch.zeros(len(index), 10)
+    t_out[:, 3] = torch.linspace(0.0, 4.0, len(index))       # confidence grows along the batch, class 3
+    synth.kd_loss(student(images), t_out)
+    confidence = torch.softmax(t_out, dim=1).max(dim=1).values
+    last = {i: k for k, i in enumerate(index.tolist())}       # a slot drawn twice keeps its last draw
+    for i, k in last.items():
+        assert synth.pool.difficulty[i].item() == pytest.approx((1 - confidence[k].item()) ** 2, rel=1e-5)
+        assert synth.pool.label[i].item() == 3
+    others = [i for i in range(12) if i not in last]
+    assert torch.all(synth.pool.difficulty[others] == 0.5) and torch.all(synth.pool.label[others] == 0)
+    expected = buffer_weights(synth.pool.label, synth.pool.difficulty, 10, 3.0)
+    assert torch.allclose(synth.buffer_phi(), expected)
+    # the next draw's KD weights use the refreshed phi (uniform draws: importance weights 1)
+    synth.sample()
+    assert torch.allclose(synth.drawn["weights"], expected[synth.drawn["index"]])
+
+
+def test_phi_off_weighs_every_sample_alike():
+    synth, _, _ = filled_synthesizer(ssd_phi=0, ssd_sampling="uniform")
+    assert synth.sample_weights(torch.randn(4, 10)) is None
+    synth.sample()
+    assert torch.all(synth.drawn["weights"] == 1)
+
+
+# ---- the learned sampling policy --------------------------------------------------------------------
+
+def test_policy_starts_as_prioritised_replay():
+    pool = filled_pool([1.0, 2.0, 3.0, 4.0], alpha=0.6)
+    policy = SamplingPolicy(alpha=0.6, lr=0.1, device="cpu")
+    features = policy.features(pool.priority, torch.rand(4) + 0.5, torch.tensor([0, 3, 1, 7]))
+    assert torch.allclose(policy.probabilities(features), pool.probabilities(), atol=1e-6)
+
+
+def test_policy_update_by_hand():
+    policy = SamplingPolicy(alpha=0.6, lr=0.5, device="cpu")
+    features = torch.tensor([[0.0, 0.0, 0.0],
+                             [1.0, -1.0, 0.5],
+                             [2.0, 0.5, 1.0]])
+    pi = policy.probabilities(features)
+    logits = torch.tensor([0.0, 0.6, 1.2])
+    assert torch.allclose(pi, logits.exp() / logits.exp().sum())
+    mean = pi @ features
+    drawn = torch.tensor([0, 2])
+    rewards = torch.tensor([0.3, 0.1])
+    # advantages: mean 0.2, std 0.1 -> (+1, -1); step = lr x mean_k A_k (f_k - mean) = 0.5 x 0.5 x (f_0 - f_2)
+    advantage = policy.update(features[drawn], mean, rewards)
+    assert torch.allclose(advantage, torch.tensor([1.0, -1.0]), atol=1e-5)
+    assert torch.allclose(policy.theta, torch.tensor([0.6 - 0.5, -0.125, -0.25]), atol=1e-5)
+    assert policy.updates == 1
+    # three draws, one of them repeated: A = (r - 0.4) / std(r) with r = (0.2, 0.2, 0.8), std = sqrt(0.08)
+    policy = SamplingPolicy(alpha=0.0, lr=1.0, device="cpu")
+    drawn, rewards = torch.tensor([1, 1, 2]), torch.tensor([0.2, 0.2, 0.8])
+    mean = policy.probabilities(features) @ features                      # theta 0: the plain mean
+    assert torch.allclose(mean, features.mean(dim=0))
+    a = torch.tensor([-0.2, -0.2, 0.4]) / 0.08 ** 0.5
+    expected = (a[:, None] * (features[drawn] - mean)).mean(dim=0)
+    policy.update(features[drawn], mean, rewards)
+    assert torch.allclose(policy.theta, expected, atol=1e-5)
+
+
+def test_policy_is_rewarded_by_the_students_progress_on_its_draws():
+    synth, teacher, student = filled_synthesizer(ssd_sampling="policy", ssd_policy_lr=0.3)
+    theta = synth.policy.theta.clone()
+    bn_before = {k: v.clone() for k, v in student.state_dict().items() if "running" in k}
+    images = synth.sample()
+    index = synth.drawn["index"]
+    drawn_features, mean_features = synth.drawn["policy"]
+    student.train()
+    s_out = student(images)
+    with torch.no_grad():
+        t_out = teacher(images)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
+    loss = synth.kd_loss(s_out, t_out)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    before = kldiv_per_sample(s_out.detach(), t_out, T=4.0)
+    running = {k: v.clone() for k, v in student.state_dict().items() if "running" in k}
+    with torch.no_grad():
+        after = kldiv_per_sample(student(images), t_out, T=4.0)        # train mode, as the KD step
+    student.load_state_dict({**student.state_dict(), **running})
+    synth.sample()                                                     # measures the progress, then draws
+    reference = SamplingPolicy(alpha=0.6, lr=0.3, device="cpu")
+    reference.theta = theta
+    reference.update(drawn_features, mean_features, before - after)
+    assert torch.allclose(synth.policy.theta, reference.theta, atol=1e-5)
+    assert not torch.equal(synth.policy.theta, theta)
+    for k, v in student.state_dict().items():                          # the probe left BN statistics alone
+        if "running" in k:
+            assert torch.equal(v, running[k]) and not torch.equal(v, bn_before[k]), k
+    assert len(index) == 8
+
+
+def test_policy_draws_and_importance_weights_use_its_probabilities():
+    synth, _, _ = filled_synthesizer(ssd_sampling="policy")
+    synth.policy.theta = torch.tensor([0.0, 0.0, 1.0])               # prefer what waited longest
+    synth.steps_done = 10
+    synth.pool.touched[:] = 10
+    synth.pool.touched[5] = 0
+    probs, features = synth.sampling_probabilities(synth.buffer_phi())
+    expected = torch.full((12,), 1.0)
+    expected[5] = 11.0                                                # exp(log(1 + 10)) against exp(0)
+    assert torch.allclose(probs, expected / expected.sum())
+    index = torch.tensor([5, 0])
+    beta = 0.5
+    w = (12 * probs[index]) ** -beta / (12 * probs.min()) ** -beta
+    assert torch.allclose(synth.pool.importance_weights(index, beta, probs), w)
+    assert synth.pool.importance_weights(torch.tensor([0]), beta, probs).item() == pytest.approx(1.0)
+
+
+def test_policy_state_resumes():
+    synth, _, _ = filled_synthesizer()
+    synth.policy.theta = torch.tensor([0.1, 0.2, 0.3])
+    synth.policy.updates, synth.steps_done = 7, 9
+    twin, _, _ = ssd_synthesizer()
+    twin.load_state_dict(synth.state_dict())
+    assert torch.equal(twin.policy.theta, synth.policy.theta) and twin.policy.updates == 7
+    assert twin.steps_done == 9 and torch.equal(twin.pool.touched, synth.pool.touched)

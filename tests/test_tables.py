@@ -168,6 +168,28 @@ def test_digits_data_free_rows_share_one_budget(spec_path, epochs, monkeypatch):
         "cmi", "dafl", "deepinv", "dfad", "dfq", "fast_meta", "fast_meta", "fast_meta", "ssd", "zskt"]
 
 
+def test_wall_speed_up_and_budget_from_what_the_run_did(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.replace("reference_row: DeepInv-2k", "reference_row: DeepInv-2k\nspeed_up_of: wall")
+                    .replace("seeds: [0, 1]", "seeds: [0]"))
+    spec = load_spec(str(path), root=str(tmp_path / "runs"))
+    fake_run(cell(spec, "DeepInv-2k", "wrn16_1", 0).folder, [50.0, 80.0], synthesis=3600.0)   # 2 x 10 s wall
+    folder = cell(spec, "Fast-5", "wrn16_1", 0).folder
+    os.makedirs(folder)
+    for epoch in range(2):
+        record_epoch(folder, epoch=epoch, epochs=2, acc1=60.0, epoch_seconds=4.0, synthesis_seconds=1.0,
+                     kd_steps=3 * (epoch + 1), synthesis_calls=epoch + 2, synthetic_images=126,
+                     info={"script": "datafree_kd", "args": {"method": "ssd", "epochs": 2, "ep_steps": 20,
+                                                             "kd_steps": 20, "batch_size": 128, "g_steps": 5}})
+    results, speed = collect(spec)
+    assert speed["Fast-5"][0] == pytest.approx(20.0 / 8.0)      # wall hours, not synthesis hours
+    fast = next(r for r in results if r["row"] == "Fast-5" and r["pair"] == "wrn40_2-wrn16_1")
+    assert fast["budget"] == "ssd: 2 ep, 6 KD steps of 128; 3 synthesis calls x 5 steps; 126 images kept"
+    path.write_text(SPEC.replace("reference_row: DeepInv-2k", "reference_row: DeepInv-2k\nspeed_up_of: kd"))
+    with pytest.raises(UsageError, match="speed_up_of must be one of synthesis, wall"):
+        load_spec(str(path))
+
+
 def test_spec_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(SPEC.replace("reference_row: DeepInv-2k", "reference_row: Nope"))

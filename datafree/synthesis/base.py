@@ -54,6 +54,10 @@ class BaseSynthesizer:
     distributed_ready = False
     tasks = frozenset({"classification"})
 
+    @classmethod
+    def check_args(cls, args):
+        """Refuse impossible values of the method's own flags (a UsageError), before anything is built."""
+
     def __init__(self, teacher, student, config, device):
         self.teacher, self.student, self.config, self.device = teacher, student, config, device
         self.task = getattr(config, "task", None) or build_task("classification", config.num_classes)
@@ -71,6 +75,13 @@ class BaseSynthesizer:
     def sample(self):
         """One normalised, augmented batch for a KD step."""
         raise NotImplementedError
+
+    def epoch_plan(self, epoch):
+        """The rounds of ``epoch`` as a list of (synthesis calls, KD steps), run in order (the KD
+        steps are skipped in warm-up epochs). Fast's schedule unless a method says otherwise:
+        ep_steps // kd_steps rounds of one call and kd_steps steps."""
+        c = self.config
+        return [(1, c.kd_steps)] * (c.ep_steps // c.kd_steps)
 
     def kd_loss(self, student_logits, teacher_logits):
         """The KD objective on a synthetic batch: the task's KL at temperature T unless a method says otherwise."""

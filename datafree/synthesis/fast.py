@@ -59,6 +59,7 @@ class FastInversionLoss:
         c = self.config
         inputs = self.aug(images)
         t_out = self.teacher(inputs)
+        self.teacher_logits = t_out.detach()
         weights = self.sample_weights(t_out)
         terms = {"bn": bn_loss(self.hooks), "oh": self.task.one_hot_loss(t_out, targets, weights)}
         if c.adv > 0 and self.calls >= c.warmup:
@@ -72,6 +73,7 @@ class FastSynthesizer(FastInversionLoss, PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "lr_g", "lr_z", "g_steps", "bn_mmt", "cmi_init"})
     tasks = frozenset({"classification", "segmentation"})
     meta_learning = False
+    pool_needs_logits = False
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
@@ -110,7 +112,8 @@ class FastSynthesizer(FastInversionLoss, PoolSynthesizer):
                 with self.precision.autocast():
                     images = fast_generator(z)
                     loss, terms = self.inversion_loss(images, targets)
-                best.update(loss, images=images, **{f"term_{k}": v for k, v in terms.items()})
+                kept = {"teacher_logits": self.teacher_logits} if self.pool_needs_logits else {}
+                best.update(loss, images=images, **kept, **{f"term_{k}": v for k, v in terms.items()})
                 optimizer.zero_grad(set_to_none=True)
                 self.precision.backward(loss, inputs=[z, *fast_generator.parameters()])
                 self.precision.unscale(optimizer)
@@ -124,10 +127,12 @@ class FastSynthesizer(FastInversionLoss, PoolSynthesizer):
         if self.meta is not None:
             self.meta.finish(fast_generator)
         self.student.train()
-        self.add_to_pool(best.values["images"])
+        self.add_to_pool(best.values["images"], best.values.get("teacher_logits"))
         return {"images": best.values["images"], **best.report()}
 
-    def add_to_pool(self, images):
+    def add_to_pool(self, images, teacher_logits=None):
+        """Store the best step's images; ``teacher_logits`` (when ``pool_needs_logits``) are the
+        teacher's on their augmented view, kept from the inversion loss (no second teacher pass)."""
         self.pool.add(images)
 
     def state_dict(self):

@@ -3,108 +3,335 @@ the paper's description: its authors released no code.
 
 Synthesis is fast_meta's (a meta-learned generator, k steps per batch), but the synthetic set
 is a small fixed-size replay buffer (``PrioritizedPool``; by default 10% of the real training
-set's size) that each call updates partially. Two functions shape what is learned:
+set's size), and the run's work follows the buffer, not the training set:
 
-- the modulating function phi balances samples by *diversity* (a sample whose teacher-predicted
-  class is frequent in the buffer weighs less) and *difficulty* (a focal factor
-  ``(1 - teacher confidence)^gamma`` favours samples the teacher is unsure of). phi weighs the
-  per-sample inversion terms (one-hot and adversarial; the BN term is a batch statistic) and
-  the per-sample KD loss, and chooses which new images enter a full buffer;
-- the priority sampling function draws KD batches by priority (each image's latest
-  teacher-student KL, refreshed whenever it is drawn) with importance-sampling weights
-  (exponent beta, rising linearly to 1 over the run) that correct the bias of the draws.
+- the first calls fill the buffer; from then on a synthesis call only refreshes it, with as
+  many new images as it replaces (``--ssd_replace`` of the buffer, at most one batch), once per
+  epoch, ``--ssd_refresh_share`` of the buffer per epoch, or before every
+  ``--ssd_refresh_every``-th KD step (``epoch_plan``);
+- an epoch has as many KD steps as ``--ssd_kd_passes`` passes over the buffer need (default:
+  as many passes as Fast's ep_steps make over the real training set);
+- the modulating function phi balances samples by *diversity* (a sample whose teacher class is
+  frequent in the buffer weighs less) and *difficulty* (a focal factor ``(1 - teacher
+  confidence)^gamma``). It weighs the per-sample inversion terms (one-hot and adversarial; the
+  BN term is a batch statistic), ranks the new images of a call, and weighs the per-sample KD
+  loss. Each KD step refreshes the difficulty, class and priority of the images it drew from
+  its own teacher and student outputs; the diversity follows the buffer's current class counts;
+- KD batches are drawn by priority sampling with importance-sampling weights (exponent beta,
+  rising linearly to 1 over the KD steps) that correct the bias of the draws. The sampling
+  distribution is a learned policy (``SamplingPolicy``, the paper's reinforcement learning):
+  a softmax over features of each stored image that starts as prioritised replay and is
+  updated by REINFORCE, the reward of a draw being the student's progress on that image (its
+  KL before the KD step minus after it, measured on the same augmented view).
 
 ``kd_loss`` refers to the batch that the last ``sample()`` returned (the engine calls them in
-that order), so the priorities of exactly the drawn images are refreshed. Every choice beyond
-the paper is a flag; README section "SSD-KD: what is from the paper and what is ours".
+that order). Every choice beyond the paper is a flag; README section "SSD-KD: what is from the
+paper and what is ours".
 """
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 
-from datafree.augment import Normalizer
+from datafree import distributed
 from datafree.criterions import kldiv_per_sample
+from datafree.errors import UsageError
 from datafree.pool import PrioritizedPool
 
 from .base import pool_options, register_synthesizer
 from .fast import FastMetaSynthesizer
 
 BUFFER_SHARE = 0.1   # the paper's buffer: 10% of the original training set
+SAMPLING = ("policy", "priority", "uniform")
+PHI_FLOOR = 1e-3     # the policy's phi feature is log(max(phi, PHI_FLOOR)): finite for any difficulty
+
+
+def focal_difficulty(teacher_logits, gamma):
+    """(difficulty, predicted class) per sample: difficulty = (1 - max softmax)^gamma."""
+    probs = F.softmax(teacher_logits.detach().float(), dim=1)
+    confidence, predicted = probs.max(dim=1)
+    return (1 - confidence).clamp_min(1e-6) ** gamma, predicted
+
+
+def class_diversity(classes, class_counts, num_classes):
+    """(1 / K) / freq(c_i): freq is the Laplace-smoothed share of class c_i among ``class_counts``."""
+    counts = class_counts.float()
+    freq = (counts + 1) / (counts.sum() + num_classes)
+    return (1.0 / num_classes) / freq[classes]
 
 
 def modulating_weights(teacher_logits, class_counts, gamma, max_weight=None):
-    """phi = diversity x difficulty per sample, normalised to mean 1 and capped at
-    ``max_weight``: shape (N,).
+    """phi of a new batch = diversity x difficulty, normalised to mean 1 over the batch and capped
+    at ``max_weight``: shape (N,). The class shares count the buffer (``class_counts``) and this batch.
 
-    diversity_i = (1 / K) / freq(c_i), with c_i the teacher's class of sample i and freq the
-    Laplace-smoothed share of c_i among ``class_counts`` (the buffer) plus this batch;
-    difficulty_i = (1 - max softmax_i)^gamma. The cap matters: with a confident teacher the
-    focal factor spans orders of magnitude, and uncapped the few unsure samples of a batch
-    would carry all of its weight (measured on digits: phi from 1e-8 to 19, training unstable).
+    The cap matters: with a confident teacher the focal factor spans orders of magnitude, and
+    uncapped the few unsure samples of a batch would carry all of its weight (measured on digits:
+    phi from 1e-8 to 19, training unstable).
     """
-    probs = F.softmax(teacher_logits.detach().float(), dim=1)
-    confidence, predicted = probs.max(dim=1)
-    num_classes = probs.shape[1]
+    difficulty, predicted = focal_difficulty(teacher_logits, gamma)
+    num_classes = teacher_logits.shape[1]
     counts = class_counts.float() + torch.bincount(predicted, minlength=num_classes).float()
-    freq = (counts + 1) / (counts.sum() + num_classes)
-    diversity = (1.0 / num_classes) / freq[predicted]
-    difficulty = (1 - confidence).clamp_min(1e-6) ** gamma
-    phi = diversity * difficulty
+    phi = class_diversity(predicted, counts, num_classes) * difficulty
     phi = phi / phi.mean()
     return phi if max_weight is None else phi.clamp(max=max_weight)
 
 
-def importance_beta(beta0, calls, total_calls):
-    """beta rises linearly from beta0 at the first call to 1 at the last (as in PER)."""
-    return beta0 + (1 - beta0) * min(1.0, calls / max(total_calls, 1))
+def buffer_weights(labels, difficulty, num_classes, max_weight=None):
+    """phi of every stored image = diversity (from the buffer's class counts now) x its latest
+    difficulty, normalised to mean 1 over the buffer and capped at ``max_weight``."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    phi = class_diversity(labels, counts, num_classes) * difficulty
+    phi = phi / phi.mean()
+    return phi if max_weight is None else phi.clamp(max=max_weight)
+
+
+def importance_beta(beta0, done, total):
+    """beta rises linearly from beta0 at the first KD step to 1 at the last (as in PER)."""
+    return beta0 + (1 - beta0) * min(1.0, done / max(total, 1))
+
+
+def kd_steps_per_epoch(passes, capacity, batch_size):
+    """KD steps of ``passes`` passes over a buffer of ``capacity`` images, at least one."""
+    return max(1, round(passes * capacity / batch_size))
+
+
+def refresh_calls(kd_epoch, share, capacity, per_call):
+    """Refresh calls in KD epoch ``kd_epoch`` (0-based) when ``share`` of the buffer is renewed per
+    epoch, ``per_call`` images a call: floor((e + 1) x images) - floor(e x images) calls, so a
+    share below one call per epoch spreads the calls over the epochs."""
+    per_epoch = share * capacity / per_call
+    return math.floor((kd_epoch + 1) * per_epoch + 1e-9) - math.floor(kd_epoch * per_epoch + 1e-9)
+
+
+def split_steps(steps, parts):
+    """``steps`` KD steps as ``parts`` rounds of near-equal size (the larger ones first)."""
+    base, extra = divmod(steps, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+@contextlib.contextmanager
+def frozen_buffers(model):
+    """Run a training-mode forward without leaving a trace: BN running statistics (and every
+    other buffer) are restored afterwards."""
+    saved = [(buf, buf.detach().clone()) for buf in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+class SamplingPolicy:
+    """A softmax policy over the stored images, learned by REINFORCE.
+
+    pi(i) = softmax_i(theta . f_i) with the features f_i = (log priority_i, log max(phi_i,
+    PHI_FLOOR), log(1 + KD steps since image i was last drawn or admitted)). theta starts at
+    (alpha, 0, 0), which is prioritised replay's p_i^alpha / sum_j p_j^alpha exactly.
+
+    After a KD step on draws i_1..i_n, each draw's reward is the student's progress on it,
+    r_k = KL_before(i_k) - KL_after(i_k); its advantage A_k = (r_k - mean r) / (std r + 1e-8)
+    (the batch is the baseline; std over the batch, not Bessel-corrected); and
+
+        theta <- theta + lr * mean_k A_k (f_{i_k} - sum_j pi_j f_j)
+
+    with the features and pi of the draw (the gradient of log pi(i_k) is f_{i_k} - E_pi[f]).
+    """
+
+    FEATURES = ("log_priority", "log_phi", "log_staleness")
+
+    def __init__(self, alpha, lr, device):
+        self.lr = lr
+        self.theta = torch.tensor([alpha, 0.0, 0.0], device=device)
+        self.updates = 0
+
+    @staticmethod
+    def features(priority, phi, staleness):
+        return torch.stack([priority.log(), phi.clamp_min(PHI_FLOOR).log(), torch.log1p(staleness.float())], dim=1)
+
+    def probabilities(self, features):
+        return F.softmax(features @ self.theta, dim=0)
+
+    def update(self, drawn_features, mean_features, rewards):
+        """One REINFORCE step; returns the advantages."""
+        rewards = rewards.float()
+        advantage = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-8)
+        gradient = (advantage[:, None] * (drawn_features - mean_features)).mean(dim=0)
+        self.theta = self.theta + self.lr * gradient
+        self.updates += 1
+        return advantage
+
+    def state_dict(self):
+        return {"theta": self.theta.cpu(), "updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.theta = state["theta"].to(self.theta.device)
+        self.updates = state["updates"]
 
 
 @register_synthesizer("ssd")
 class SSDSynthesizer(FastMetaSynthesizer):
     flags = (FastMetaSynthesizer.flags - {"cmi_init"}) | {
-        "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight"}
-    distributed_ready = False
+        "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight",
+        "ssd_sampling", "ssd_policy_lr", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every", "ssd_refresh_share"}
+    distributed_ready = True   # each process its own buffer and policy; the generator is shared (fast_meta)
     tasks = frozenset({"classification"})   # per-sample priorities and class counts need one class per image
+    pool_needs_logits = True
+
+    @classmethod
+    def check_args(cls, args):
+        if args.ssd_sampling not in SAMPLING:
+            raise UsageError(f"--ssd_sampling must be one of {', '.join(SAMPLING)}, not '{args.ssd_sampling}'")
+        if not 0 < args.ssd_replace <= 1:
+            raise UsageError(f"--ssd_replace ({args.ssd_replace}) is the share of the buffer a refresh call renews: "
+                             f"give a value in (0, 1]")
+        if args.ssd_refresh_every < 0 or args.ssd_refresh_share < 0 or args.ssd_kd_passes < 0:
+            raise UsageError("--ssd_refresh_every, --ssd_refresh_share and --ssd_kd_passes cannot be negative")
+        if args.ssd_refresh_every and args.ssd_refresh_share:
+            raise UsageError("--ssd_refresh_every (a call every K KD steps) and --ssd_refresh_share (a share of the "
+                             "buffer per epoch) are two ways to set one schedule; give one of them")
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
         c = config
-        capacity = c.ssd_buffer_size or math.ceil(BUFFER_SHARE * (c.train_size or 0))
-        if capacity < 1:
-            raise ValueError("SSD-KD needs --ssd_buffer_size (the training-set size of this dataset is unknown)")
+        total = c.ssd_buffer_size or math.ceil(BUFFER_SHARE * (c.train_size or 0))
+        if total < 1:
+            raise UsageError("SSD-KD needs --ssd_buffer_size (the training-set size of this dataset is unknown)")
+        world = distributed.get_world_size()
+        if total < world:
+            raise UsageError(f"--ssd_buffer_size {total} cannot be shared by {world} processes; give at least {world}")
+        capacity = math.ceil(total / world)   # every process the same size, so every rank plans the same epochs
+        passes = c.ssd_kd_passes
+        if not passes:
+            if not c.train_size:
+                raise UsageError("SSD-KD needs --ssd_kd_passes (the training-set size that sets its default is unknown)")
+            passes = c.ep_steps * c.batch_size * world / c.train_size   # Fast's passes over the real training set
         self.pool.close()
         self.pool = PrioritizedPool(device, capacity, alpha=c.ssd_alpha, replace=c.ssd_replace,
                                     rule=c.ssd_replace_rule, **pool_options(c))
-        self.normalizer = Normalizer(c.mean, c.std).to(device)
-        self.total_calls = c.epochs * (c.ep_steps // c.kd_steps)
-        self.drawn = None    # (indices, KD weights) of the batch the last sample() returned
+        self.full_batch = self.batch_size
+        self.steps_per_epoch = kd_steps_per_epoch(passes, capacity, self.sample_batch_size)
+        self.total_kd_steps = self.steps_per_epoch * (c.epochs - c.warmup)
+        self.policy = SamplingPolicy(c.ssd_alpha, c.ssd_policy_lr, device) if c.ssd_sampling == "policy" else None
+        self.steps_done = 0     # KD steps drawn so far (the clock of staleness, beta and --ssd_refresh_every)
+        self.drawn = None       # the batch of the last sample(), until kd_loss
+        self.probe = None       # the last KD step's batch, until the next sample() measures its progress
 
+    # ------------------------------------------------------------------ schedule
+    def epoch_plan(self, epoch):
+        """Warm-up epochs: Fast's calls (no KD). Then: calls that fill the buffer, or the refresh
+        calls of the schedule, and ``steps_per_epoch`` KD steps."""
+        c = self.config
+        if epoch < c.warmup:
+            return super().epoch_plan(epoch)
+        steps = self.steps_per_epoch
+        if not self.pool.full:
+            return [(math.ceil((self.pool.capacity - len(self.pool)) / self.full_batch), steps)]
+        if c.ssd_refresh_every:
+            due = [g for g in range(self.steps_done, self.steps_done + steps) if g > 0 and g % c.ssd_refresh_every == 0]
+            bounds = [self.steps_done, *due, self.steps_done + steps]
+            return [(int(i > 0), b - a) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+        per_call = min(self.full_batch, self.pool.admit_per_add)
+        share = c.ssd_refresh_share or per_call / self.pool.capacity      # default: one call per epoch
+        calls = refresh_calls(epoch - c.warmup, share, self.pool.capacity, per_call)
+        if calls == 0:
+            return [(0, steps)]
+        return [(1, part) for part in split_steps(steps, calls)]
+
+    def synthesize(self):
+        """A full batch while the buffer fills; once full, only the images a refresh admits."""
+        self.batch_size = self.full_batch if not self.pool.full else min(self.full_batch, self.pool.admit_per_add)
+        return super().synthesize()
+
+    # ------------------------------------------------------------- modulation
     def class_counts(self):
         return torch.bincount(self.pool.label, minlength=self.config.num_classes)
 
     def sample_weights(self, teacher_logits):
+        if not self.config.ssd_phi:
+            return None
         return modulating_weights(teacher_logits, self.class_counts(), self.config.ssd_gamma,
                                   self.config.ssd_max_weight)
 
+    def buffer_phi(self):
+        if not self.config.ssd_phi:
+            return torch.ones(len(self.pool), device=self.device)
+        return buffer_weights(self.pool.label, self.pool.difficulty, self.config.num_classes,
+                              self.config.ssd_max_weight)
+
     @torch.no_grad()
-    def add_to_pool(self, images):
-        logits = self.teacher(self.normalizer(images))
-        phi = modulating_weights(logits, self.class_counts(), self.config.ssd_gamma, self.config.ssd_max_weight)
-        self.pool.add(images, phi, logits.argmax(dim=1))
+    def add_to_pool(self, images, teacher_logits):
+        difficulty, predicted = focal_difficulty(teacher_logits, self.config.ssd_gamma)
+        order = self.sample_weights(teacher_logits)     # which images a full buffer admits first
+        self.pool.add(images, torch.ones(len(images)) if order is None else order, predicted, difficulty,
+                      step=self.steps_done)
+
+    # --------------------------------------------------------------- sampling
+    def sampling_probabilities(self, phi):
+        """(probabilities over the stored images, policy features or None)."""
+        mode = self.config.ssd_sampling
+        if mode == "uniform":
+            return torch.full((len(self.pool),), 1.0 / len(self.pool), device=self.device), None
+        if mode == "priority":
+            return self.pool.probabilities(), None
+        features = self.policy.features(self.pool.priority.clamp_min(self.pool.eps), phi,
+                                        self.steps_done - self.pool.touched)
+        return self.policy.probabilities(features), features
 
     def sample(self):
-        beta = importance_beta(self.config.ssd_beta, self.calls, self.total_calls)
         with torch.no_grad():
-            images, index, is_weights = self.pool.sample_prioritized(self.sample_batch_size, beta)
-            self.drawn = (index, is_weights * self.pool.weight[index])
-            return self.aug(images)
+            self.learn_from_last_step()
+            phi = self.buffer_phi()
+            probs, features = self.sampling_probabilities(phi)
+            beta = importance_beta(self.config.ssd_beta, self.steps_done, self.total_kd_steps)
+            images, index, is_weights = self.pool.sample_from(probs, self.sample_batch_size, beta)
+            inputs = self.aug(images)
+            policy_input = None if features is None else (features[index], probs @ features)
+            self.drawn = {"index": index, "weights": is_weights * phi[index], "inputs": inputs,
+                          "policy": policy_input}
+            return inputs
 
     def kd_loss(self, student_logits, teacher_logits):
         if self.drawn is None:
             raise RuntimeError("SSD-KD's kd_loss needs the batch of a preceding sample() call")
-        index, weights = self.drawn
-        per_sample = kldiv_per_sample(student_logits, teacher_logits, T=self.config.T)
-        self.pool.update_priorities(index, per_sample.detach())
-        self.drawn = None
-        return (weights.to(per_sample.dtype) * per_sample).mean()
+        drawn, self.drawn = self.drawn, None
+        index = drawn["index"]
+        per_sample = kldiv_per_sample(student_logits.float(), teacher_logits.float(), T=self.config.T)
+        with torch.no_grad():      # the KD step's own outputs refresh what the buffer knows of these images
+            self.pool.update_priorities(index, per_sample.detach())
+            difficulty, predicted = focal_difficulty(teacher_logits, self.config.ssd_gamma)
+            self.pool.difficulty[index] = difficulty
+            self.pool.label[index] = predicted
+            self.pool.touched[index] = self.steps_done
+        if drawn["policy"] is not None:
+            self.probe = {"inputs": drawn["inputs"], "teacher_logits": teacher_logits.detach(),
+                          "before": per_sample.detach(), "policy": drawn["policy"]}
+        self.steps_done += 1
+        return (drawn["weights"].to(per_sample.dtype) * per_sample).mean()
+
+    @torch.no_grad()
+    def learn_from_last_step(self):
+        """The policy's update for the last KD step: its draws' KL before the step against after it."""
+        probe, self.probe = self.probe, None
+        if probe is None:
+            return None
+        was_training = self.student.training
+        self.student.train()   # the same batch-statistics forward as the KD step, without touching BN's buffers
+        with frozen_buffers(self.student), self.precision.autocast():
+            after_logits = self.student(probe["inputs"])
+        self.student.train(was_training)
+        after = kldiv_per_sample(after_logits.float(), probe["teacher_logits"].float(), T=self.config.T)
+        drawn_features, mean_features = probe["policy"]
+        return self.policy.update(drawn_features, mean_features, probe["before"] - after)
+
+    # ------------------------------------------------------------- persistence
+    def state_dict(self):
+        return {**super().state_dict(), "steps_done": self.steps_done,
+                "policy": None if self.policy is None else self.policy.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.steps_done = state.get("steps_done", 0)
+        if self.policy is not None and state.get("policy") is not None:
+            self.policy.load_state_dict(state["policy"])
