@@ -443,7 +443,8 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
         if distributed.is_main_process():
             record_epoch(args.output, epoch=epoch, epochs=args.epochs, acc1=stats[task.primary],
                          epoch_seconds=epoch_seconds, info=summary_info, measured={
-                             "persist_seconds": phase["persist"], "peak_rss_mb": peak_rss_mb()},
+                             "kd_loss": kd_loss, **losses, "persist_seconds": phase["persist"],
+                             "peak_rss_mb": peak_rss_mb()},
                          synthesis_seconds=run["synthesis_seconds"], kd_seconds=run["kd_seconds"])
         logger.info(
             f"[Eval] epoch={epoch} {task.describe(stats)} "
