@@ -196,9 +196,9 @@ def count_last_round(args, epochs, kd_syncs, synthesis_syncs):
     method = SYNTHESIZERS[args.method]
     real_synthesize = method.synthesize
 
-    def distill_steps(synthesizer, *rest):
+    def distill_steps(synthesizer, *rest, **options):
         fn = kd_syncs.count(real_distill) if synthesizer.calls == last else real_distill
-        return fn(synthesizer, *rest)
+        return fn(synthesizer, *rest, **options)
 
     def synthesize(self):
         fn = synthesis_syncs.count(real_synthesize) if self.calls == last - 1 else real_synthesize
