@@ -97,7 +97,7 @@ def build_parser():
                             "(memory unless the pool this run makes per process would exceed 2 GiB); either way "
                             "new images are appended to OUTPUT/pool/ and checkpoints only refer to them")
 
-    ssd = parser.add_argument_group("SSD-KD (--method ssd; see README: what is from the paper and what is ours)")
+    ssd = parser.add_argument_group("SSD-KD (--method ssd; docs/ssd_kd.md: what is from the paper and what is ours)")
     ssd.add_argument("--ssd_buffer_size", default=0, type=int,
                      help="images the replay buffer holds (default 0: 10%% of the dataset's training set); under "
                           "torchrun the total, each process holding its share")
@@ -601,7 +601,7 @@ class EpochLoop:
     def nonfinite_context(self, epoch, at):
         advice = "" if self.args.on_nonfinite == "skip" else ", or rerun it with --on_nonfinite skip to skip such steps"
         again = "start it again with" if self.resume.saved == NOTHING_SAVED else "resume from it with"
-        return (f" (epoch {epoch}, round {at['round'] + 1} of {len(at.get('plan') or [])}); the run stopped before it reached a "
+        return (f" (epoch {epoch}, round {min(at['round'] + 1, len(at.get('plan') or [1]))} of {len(at.get('plan') or [1])}); the run stopped before it reached a "
                 f"weight, the pool or a checkpoint, and {self.resume.saved}: {again} {self.resume.command()} "
                 f"(lower learning rates or another --seed may avoid it){advice}")
 

@@ -4,6 +4,7 @@ Each fault must end in one sentence and its exit status, with nothing the user h
 overwritten; runs are tiny digits jobs, run in this process through run_cli."""
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,7 +47,7 @@ METHODS = {
     "dfq": ["--method", "dfq", "--bn", "1", "--oh", "1", "--adv", "1", "--balance", "1", "--lr_g", "1e-3",
             "--g_steps", "1"],
     "ssd": ["--method", "ssd", "--bn", "1", "--oh", "1", "--adv", "1", "--lr_g", "1e-3", "--lr_z", "0.01",
-            "--g_steps", "2", "--ssd_buffer_size", "24"],
+            "--g_steps", "2", "--ssd_buffer_size", "24", "--ssd_kd_passes", "2"],
 }
 ROW = 3 * 32 * 32
 
@@ -152,11 +153,14 @@ def nan_at_call(monkeypatch, module, name, number):
 def test_ssd_nan_priorities_are_kept_out_of_the_buffer(teacher_file, monkeypatch):
     """SSD-KD's KD loss sets priorities before its backward pass: a NaN must neither reach the
     buffer (torch.multinomial would fail on the next draw) nor the student."""
+    # 3 KD steps an epoch (2 passes over 24 images in batches of 16); calls: KD step 1, the policy's
+    # measure of its progress, KD step 2 (NaN)
     nan_at_call(monkeypatch, ssd_module, "kldiv_per_sample", 3)
     result = datafree_kd.main([*METHODS["ssd"], *BASE, "--on_nonfinite", "skip"])
     assert result["epoch"] == 2
     ckpt = load_checkpoint(f"{run_dir('ssd')}/last.pth")
     assert torch.isfinite(ckpt["synthesizer"]["pool"]["priority"]).all()
+    assert torch.isfinite(ckpt["synthesizer"]["policy"]["theta"]).all()     # the NaN reward left theta alone
     assert "skipped_kd_steps=1 skipped_synthesis_steps=0" in open(f"{run_dir('ssd')}/log.txt").read()
 
 
@@ -267,6 +271,61 @@ def test_sigterm_finishes_the_step_saves_and_resumes_to_the_same_end(teacher_fil
     assert kill_soak.differences(kill_soak.final_state("stopped"), kill_soak.final_state("full")) == []
     assert "resumed from stopped/last.pth at epoch 2, round 1, after its synthesis call and 1 KD steps of it" in \
         open("stopped/log.txt").read()
+
+
+def ssd_stopped_and_resumed(monkeypatch, stop_when, argv):
+    """An SSD-KD run stopped by SIGTERM where ``stop_when(synthesizer)`` first says so (asked after
+    every synthesis call and KD loss), resumed; returns the stopped run's last.pth before the resume."""
+    calls = {"sent": False}
+    real_synthesize, real_kd_loss = ssd_module.SSDSynthesizer.synthesize, ssd_module.SSDSynthesizer.kd_loss
+
+    def check(self):
+        if not calls["sent"] and stop_when(self):
+            calls["sent"] = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def synthesize(self):
+        out = real_synthesize(self)
+        check(self)
+        return out
+
+    def kd_loss(self, *args):
+        out = real_kd_loss(self, *args)
+        check(self)
+        return out
+
+    monkeypatch.setattr(ssd_module.SSDSynthesizer, "synthesize", synthesize)
+    monkeypatch.setattr(ssd_module.SSDSynthesizer, "kd_loss", kd_loss)
+    assert cli([*argv, "--output", "stopped"]) == 143
+    monkeypatch.setattr(ssd_module.SSDSynthesizer, "synthesize", real_synthesize)
+    monkeypatch.setattr(ssd_module.SSDSynthesizer, "kd_loss", real_kd_loss)
+    saved = load_checkpoint("stopped/last.pth")
+    datafree_kd.main([*argv, "--output", "stopped", "--resume"])
+    return saved
+
+
+def test_ssd_resumed_mid_epoch_keeps_the_epochs_plan_and_the_policys_step(teacher_file, monkeypatch):
+    """SSD-KD plans an epoch from its buffer: stopped right after the call that fills it, a resumed
+    run must not re-plan the epoch as a full buffer's (one refresh call); stopped between KD steps,
+    it must still reward the policy for the last step. Both end as the uninterrupted run."""
+    argv = [*METHODS["ssd"], *BASE, "--epochs", "2"]
+    datafree_kd.main([*argv, "--output", "full"])
+    want = kill_soak.final_state("full")
+    theta = load_checkpoint("full/last.pth")["synthesizer"]["policy"]["theta"]
+    # epoch 0: 3 calls of 8 fill the 24-image buffer, then 2 x 24 / 16 = 3 KD steps
+    saved = ssd_stopped_and_resumed(monkeypatch, lambda synth: synth.pool.full and synth.steps_done == 0, argv)
+    assert saved["epoch"] == 0 and saved["progress"]["plan"] == [[3, 3]]
+    assert (saved["progress"]["calls_done"], saved["progress"]["synthesized"], saved["progress"]["kd_done"]) == \
+        (3, True, 0)
+    assert kill_soak.differences(kill_soak.final_state("stopped"), want) == []
+    assert torch.equal(load_checkpoint("stopped/last.pth")["synthesizer"]["policy"]["theta"], theta)
+    shutil.rmtree("stopped")
+    # epoch 1 (one refresh call, then 3 KD steps), stopped after its second KD step
+    saved = ssd_stopped_and_resumed(monkeypatch, lambda synth: synth.steps_done == 5, argv)
+    assert saved["epoch"] == 1 and saved["progress"]["plan"] == [[1, 3]] and saved["progress"]["kd_done"] == 2
+    assert saved["synthesizer"]["probe"] is not None
+    assert kill_soak.differences(kill_soak.final_state("stopped"), want) == []
+    assert torch.equal(load_checkpoint("stopped/last.pth")["synthesizer"]["policy"]["theta"], theta)
 
 
 def test_sigint_in_a_warm_up_epoch_and_a_second_ctrl_c(teacher_file, monkeypatch, capsys):

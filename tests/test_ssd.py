@@ -358,3 +358,29 @@ def test_policy_state_resumes():
     twin.load_state_dict(synth.state_dict())
     assert torch.equal(twin.policy.theta, synth.policy.theta) and twin.policy.updates == 7
     assert twin.steps_done == 9 and torch.equal(twin.pool.touched, synth.pool.touched)
+
+
+def test_a_non_finite_reward_leaves_the_policy_as_it_was():
+    policy = SamplingPolicy(alpha=0.6, lr=0.5, device="cpu")
+    features = torch.tensor([[0.0, 0.0, 0.0], [1.0, -1.0, 0.5]])
+    mean = policy.probabilities(features) @ features
+    policy.update(features, mean, torch.tensor([0.2, float("nan")]))
+    assert torch.equal(policy.theta, torch.tensor([0.6, 0.0, 0.0]))
+    policy.update(features, mean, torch.tensor([0.2, 0.1]))
+    assert not torch.equal(policy.theta, torch.tensor([0.6, 0.0, 0.0]))
+
+
+def test_the_pending_reward_survives_a_checkpoint():
+    synth, teacher, student = filled_synthesizer(ssd_sampling="policy", ssd_policy_lr=0.3)
+    images = synth.sample()
+    synth.kd_loss(student(images), teacher(images).detach())
+    twin, _, _ = ssd_synthesizer(ssd_sampling="policy", ssd_policy_lr=0.3)
+    twin.student.load_state_dict(student.state_dict())
+    twin.load_state_dict(synth.state_dict())
+    for key in ("inputs", "teacher_logits", "before"):
+        assert torch.equal(twin.probe[key], synth.probe[key])
+    torch.manual_seed(5)
+    synth.sample()
+    torch.manual_seed(5)
+    twin.sample()                                       # both reward the same step alike
+    assert torch.allclose(twin.policy.theta, synth.policy.theta) and twin.policy.updates == synth.policy.updates == 1

@@ -25,8 +25,8 @@ set's size), and the run's work follows the buffer, not the training set:
   KL before the KD step minus after it, measured on the same augmented view).
 
 ``kd_loss`` refers to the batch that the last ``sample()`` returned (the engine calls them in
-that order). Every choice beyond the paper is a flag; README section "SSD-KD: what is from the
-paper and what is ours".
+that order). Every choice beyond the paper is a flag; docs/ssd_kd.md says, line by line, what is
+the paper's and what is ours.
 """
 import contextlib
 import math
@@ -158,7 +158,8 @@ class SamplingPolicy:
         rewards = rewards.float()
         advantage = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-8)
         gradient = (advantage[:, None] * (drawn_features - mean_features)).mean(dim=0)
-        self.theta = self.theta + self.lr * gradient
+        # a non-finite reward (a diverged student step) leaves theta as it was; no host read
+        self.theta = torch.where(torch.isfinite(gradient).all(), self.theta + self.lr * gradient, self.theta)
         self.updates += 1
         return advantage
 
@@ -327,11 +328,20 @@ class SSDSynthesizer(FastMetaSynthesizer):
 
     # ------------------------------------------------------------- persistence
     def state_dict(self):
+        # the last KD step's batch goes along, so that a resumed run rewards the policy for it as an
+        # uninterrupted one does
+        probe = None if self.probe is None else {
+            "inputs": self.probe["inputs"].cpu(), "teacher_logits": self.probe["teacher_logits"].cpu(),
+            "before": self.probe["before"].cpu(), "policy": tuple(t.cpu() for t in self.probe["policy"])}
         return {**super().state_dict(), "steps_done": self.steps_done,
-                "policy": None if self.policy is None else self.policy.state_dict()}
+                "policy": None if self.policy is None else self.policy.state_dict(), "probe": probe}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.steps_done = state.get("steps_done", 0)
         if self.policy is not None and state.get("policy") is not None:
             self.policy.load_state_dict(state["policy"])
+        probe = state.get("probe") if self.policy is not None else None
+        self.probe = None if probe is None else {
+            "inputs": probe["inputs"].to(self.device), "teacher_logits": probe["teacher_logits"].to(self.device),
+            "before": probe["before"].to(self.device), "policy": tuple(t.to(self.device) for t in probe["policy"])}
