@@ -261,3 +261,23 @@ def test_runner_marks_a_failing_cell_and_goes_on(tmp_path, monkeypatch, capsys):
     line = next(l for l in table.splitlines() if l.startswith("| DeepInv-2k "))
     assert line.count("failed") == 2
     assert "2 cell(s) failed" in capsys.readouterr().err
+
+
+def test_ssd_ablation_rows_differ_only_in_what_they_ablate(monkeypatch):
+    """configs/tables/digits_ssd_ablation.yaml: Fast-2 and the SSD-KD rows share the budget that makes
+    them comparable (40 epochs, models, rates, teacher file); each ablation row changes one SSD flag."""
+    monkeypatch.chdir(REPO)
+    spec = load_spec("configs/tables/digits_ssd_ablation.yaml", root="unused")
+    assert spec.reference_row == "Fast-2" and spec.speed_up_of == "wall"
+    args = {c.row.name: datafree_kd.parse_args(spec.command(c)[2:]) for c in spec.cells()}
+    shared = ("dataset", "teacher", "student", "batch_size", "epochs", "lr", "T", "seed", "warmup", "teacher_ckpt",
+              "lr_g", "lr_z", "adv", "bn", "oh", "bn_mmt", "is_maml")
+    assert len({tuple(getattr(a, k) for k in shared) for a in args.values()}) == 1
+    assert args["Fast-2"].method == "fast_meta" and args["Fast-2"].epochs == 40 and args["Fast-2"].g_steps == 2
+    full = vars(args["SSD-KD"])
+    assert full["method"] == "ssd" and full["ssd_buffer_size"] == 126 and full["ssd_sampling"] == "policy"
+    ablated = {"SSD-KD w/o phi": {"ssd_phi": 0}, "SSD-KD uniform sampling": {"ssd_sampling": "uniform"},
+               "SSD-KD w/o learned policy": {"ssd_sampling": "priority"}}
+    for name, change in ablated.items():
+        differ = {k: v for k, v in vars(args[name]).items() if full[k] != v and k != "output"}
+        assert differ == change, name
