@@ -40,7 +40,7 @@ from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, r
 METHOD_FLAGS = ("adv", "bn", "oh", "act", "balance", "tv", "l2", "cr", "cr_T", "cmi_init", "lr_g", "lr_z",
                 "g_steps", "reset_l0", "reset_bn", "bn_mmt", "is_maml", "lr_g_meta", "lr_z_meta", "reinit", "rand_label",
                 "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight",
-                "ssd_sampling", "ssd_policy_lr", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every", "ssd_refresh_share")
+                "ssd_min_weight", "ssd_sampling", "ssd_policy_lr", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every", "ssd_refresh_share")
 
 
 def build_parser():
@@ -124,6 +124,9 @@ def build_parser():
     ssd.add_argument("--ssd_alpha", default=0.6, type=float,
                      help="priority exponent: P(i) proportional to priority_i^alpha (--ssd_sampling priority), and "
                           "the policy's starting point")
+    ssd.add_argument("--ssd_min_weight", default=0.0, type=float,
+                     help="floor of the modulating weight phi (mean 1 before the floor and the cap): with a confident "
+                          "teacher most images' focal factor is near 0, and without a floor they drop out of the KD loss")
     ssd.add_argument("--ssd_max_weight", default=3.0, type=float,
                      help="cap of the modulating weight phi (mean 1 over a batch) of one sample")
     ssd.add_argument("--ssd_replace", default=0.25, type=float,

@@ -384,3 +384,14 @@ def test_the_pending_reward_survives_a_checkpoint():
     torch.manual_seed(5)
     twin.sample()                                       # both reward the same step alike
     assert torch.allclose(twin.policy.theta, synth.policy.theta) and twin.policy.updates == synth.policy.updates == 1
+
+
+def test_a_floor_keeps_easy_images_in_the_kd_loss():
+    labels = torch.tensor([0, 0, 1, 2])
+    difficulty = torch.tensor([0.5, 1e-6, 0.2, 0.4])
+    raw = torch.tensor([7 / 9, 7 / 9, 7 / 6, 7 / 6]) * difficulty
+    phi = buffer_weights(labels, difficulty, 3, max_weight=3.0, min_weight=0.25)
+    assert torch.allclose(phi, (raw / raw.mean()).clamp(0.25, 3.0))
+    assert phi[1].item() == pytest.approx(0.25)
+    synth, _, _ = filled_synthesizer(ssd_sampling="uniform", ssd_min_weight=0.5)
+    assert synth.buffer_phi().min().item() >= 0.5

@@ -61,7 +61,7 @@ def class_diversity(classes, class_counts, num_classes):
     return (1.0 / num_classes) / freq[classes]
 
 
-def modulating_weights(teacher_logits, class_counts, gamma, max_weight=None):
+def modulating_weights(teacher_logits, class_counts, gamma, max_weight=None, min_weight=0.0):
     """phi of a new batch = diversity x difficulty, normalised to mean 1 over the batch and capped
     at ``max_weight``: shape (N,). The class shares count the buffer (``class_counts``) and this batch.
 
@@ -74,16 +74,17 @@ def modulating_weights(teacher_logits, class_counts, gamma, max_weight=None):
     counts = class_counts.float() + torch.bincount(predicted, minlength=num_classes).float()
     phi = class_diversity(predicted, counts, num_classes) * difficulty
     phi = phi / phi.mean()
-    return phi if max_weight is None else phi.clamp(max=max_weight)
+    return phi.clamp(min=min_weight, max=max_weight)
 
 
-def buffer_weights(labels, difficulty, num_classes, max_weight=None):
+def buffer_weights(labels, difficulty, num_classes, max_weight=None, min_weight=0.0):
     """phi of every stored image = diversity (from the buffer's class counts now) x its latest
-    difficulty, normalised to mean 1 over the buffer and capped at ``max_weight``."""
+    difficulty, normalised to mean 1 over the buffer and kept within [``min_weight``, ``max_weight``]
+    (a floor keeps the images a confident teacher finds easy in the KD loss)."""
     counts = torch.bincount(labels, minlength=num_classes)
     phi = class_diversity(labels, counts, num_classes) * difficulty
     phi = phi / phi.mean()
-    return phi if max_weight is None else phi.clamp(max=max_weight)
+    return phi.clamp(min=min_weight, max=max_weight)
 
 
 def importance_beta(beta0, done, total):
@@ -175,7 +176,7 @@ class SamplingPolicy:
 class SSDSynthesizer(FastMetaSynthesizer):
     flags = (FastMetaSynthesizer.flags - {"cmi_init"}) | {
         "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight",
-        "ssd_sampling", "ssd_policy_lr", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every", "ssd_refresh_share"}
+        "ssd_min_weight", "ssd_sampling", "ssd_policy_lr", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every", "ssd_refresh_share"}
     distributed_ready = True   # each process its own buffer and policy; the generator is shared (fast_meta)
     tasks = frozenset({"classification"})   # per-sample priorities and class counts need one class per image
     pool_needs_logits = True
@@ -253,13 +254,13 @@ class SSDSynthesizer(FastMetaSynthesizer):
         if not self.config.ssd_phi:
             return None
         return modulating_weights(teacher_logits, self.class_counts(), self.config.ssd_gamma,
-                                  self.config.ssd_max_weight)
+                                  self.config.ssd_max_weight, self.config.ssd_min_weight)
 
     def buffer_phi(self):
         if not self.config.ssd_phi:
             return torch.ones(len(self.pool), device=self.device)
         return buffer_weights(self.pool.label, self.pool.difficulty, self.config.num_classes,
-                              self.config.ssd_max_weight)
+                              self.config.ssd_max_weight, self.config.ssd_min_weight)
 
     @torch.no_grad()
     def add_to_pool(self, images, teacher_logits):
