@@ -551,7 +551,8 @@ class EpochLoop:
                 at.update(calls_done=at.get("calls_done", 0) + 1,
                           losses={k: float(v) for k, v in syn_out.items() if k.startswith("loss")})
                 at["synthesized"] = at["calls_done"] == calls
-                self.maybe_stop(epoch, at, epoch_start, f"synthesis call {at['calls_done']} of round {number}")
+                call = "the synthesis call" if calls == 1 else f"synthesis call {at['calls_done']} of {calls}"
+                self.maybe_stop(epoch, at, epoch_start, f"{call} of round {number}")
             at["synthesized"] = True
             if epoch >= args.warmup and at["kd_done"] < steps:
                 tic = now(self.device)
