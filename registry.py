@@ -53,6 +53,7 @@ SEGMENTATION_MODEL_DICT = Registry('segmentation model')
 DATASET_DICT = Registry('dataset')
 DATASET_NUM_CLASSES = {}
 DATASET_TASKS = {}   # name -> (task name, task options), see datafree/tasks.py
+DATASET_HFLIP = {}   # name -> whether a horizontal flip keeps an image's class (augmentations follow it)
 
 # torchvision's ImageNet weights for the ImageNet models (same state-dict layout as ours).
 TORCHVISION_WEIGHTS = {
@@ -72,16 +73,20 @@ def register_model(name, imagenet=False, segmentation=False):
     return (IMAGENET_MODEL_DICT if imagenet else MODEL_DICT).register(name)
 
 
-def register_dataset(name, num_classes, mean, std, task='classification', **task_options):
+def register_dataset(name, num_classes, mean, std, task='classification', hflip=True, **task_options):
     """Decorator: register ``fn(data_root, download=False) -> (train_set, val_set)``.
 
     ``task`` names the datafree.tasks task ('classification' or 'segmentation'); extra
-    keywords (e.g. ``ignore_index=255``) are passed to it.
+    keywords (e.g. ``ignore_index=255``) are passed to it. ``hflip`` declares whether a
+    mirrored image is still a valid image of its class (natural images: yes; digits and
+    letters: no); the training transform of the built-in datasets and every synthesis and
+    KD augmentation flip horizontally only where it is true.
     """
     def add(builder):
         DATASET_DICT.register(name, builder)
         DATASET_NUM_CLASSES[name] = num_classes
         DATASET_TASKS[name] = (task, task_options)
+        DATASET_HFLIP[name] = bool(hflip)
         NORMALIZE_DICT[name] = dict(mean=tuple(mean), std=tuple(std))
         return builder
     return add
@@ -100,7 +105,13 @@ def get_task(dataset):
     """The task object (datafree.tasks) of a registered dataset: losses, metric, synthesis pieces."""
     DATASET_DICT.lookup(dataset)   # an unknown name fails here, listing the valid ones
     task, options = DATASET_TASKS.get(dataset, ('classification', {}))
-    return build_task(task, DATASET_NUM_CLASSES[dataset], **options)
+    return build_task(task, DATASET_NUM_CLASSES[dataset], hflip=flips_valid(dataset), **options)
+
+
+def flips_valid(dataset):
+    """Whether ``dataset`` was registered with ``hflip=True`` (mirrored images keep their class)."""
+    DATASET_DICT.lookup(dataset)
+    return DATASET_HFLIP.get(dataset, True)
 
 
 def dataset_names():
@@ -233,7 +244,8 @@ def _transforms(name, train_ops=(), val_ops=()):
 
 
 def _cifar_style(name, size=32, padding=4):
-    return _transforms(name, train_ops=[T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip()])
+    flip = [T.RandomHorizontalFlip()] if flips_valid(name) else []
+    return _transforms(name, train_ops=[T.RandomCrop(size, padding=padding), *flip])
 
 
 def _require(path, what, how):
@@ -249,7 +261,8 @@ def _torchvision_set(cls, name, root, download, marker, **split_kwargs):
     return cls(root, download=download, **split_kwargs)
 
 
-@register_dataset('digits', num_classes=10, mean=DIGITS_MEAN, std=DIGITS_STD)
+# Digits are not mirror-symmetric (a mirrored 2, 3 or 7 is no digit), hence hflip=False.
+@register_dataset('digits', num_classes=10, mean=DIGITS_MEAN, std=DIGITS_STD, hflip=False)
 def _digits(data_root, download=False):
     train_tf, val_tf = _cifar_style('digits')
     return Digits(train=True, transform=train_tf), Digits(train=False, transform=val_tf)
@@ -270,7 +283,7 @@ register_dataset('cifar100', num_classes=100, **NORMALIZE_DICT['cifar100'])(
     _cifar(datasets.CIFAR100, 'cifar100', 'CIFAR-100', 'cifar-100-python'))
 
 
-@register_dataset('svhn', num_classes=10, **NORMALIZE_DICT['svhn'])
+@register_dataset('svhn', num_classes=10, hflip=False, **NORMALIZE_DICT['svhn'])   # house numbers: digits too
 def _svhn(data_root, download=False):
     root = os.path.join(data_root, 'torchdata')
     tf, _ = _transforms('svhn')
@@ -280,7 +293,7 @@ def _svhn(data_root, download=False):
                              split='test', transform=tf))
 
 
-@register_dataset('mnist', num_classes=10, **NORMALIZE_DICT['mnist'])
+@register_dataset('mnist', num_classes=10, hflip=False, **NORMALIZE_DICT['mnist'])
 def _mnist(data_root, download=False):
     # 32x32 and 3 identical channels, so every classifier of the zoo accepts it.
     root = os.path.join(data_root, 'torchdata')

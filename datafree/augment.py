@@ -30,10 +30,16 @@ def repeat_channels(images, channels):
     return images.expand(-1, channels, -1, -1)
 
 
-def crop_flip_normalize(img_size, mean, std, padding=4):
-    """Random crop with zero padding, horizontal flip, then normalisation: images in [0, 1] -> model input."""
+def horizontal_flip(hflip=True):
+    """A random horizontal flip (p = 0.5) where flips keep the class (``hflip``), else the identity."""
+    return K.RandomHorizontalFlip() if hflip else nn.Identity()
+
+
+def crop_flip_normalize(img_size, mean, std, padding=4, hflip=True):
+    """Random crop with zero padding, a horizontal flip if ``hflip`` (the dataset's declaration),
+    then normalisation: images in [0, 1] -> model input."""
     return nn.Sequential(
         K.RandomCrop(size=(img_size, img_size), padding=padding),
-        K.RandomHorizontalFlip(),
+        horizontal_flip(hflip),
         Normalizer(mean, std),
     )
