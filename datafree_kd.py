@@ -13,8 +13,8 @@ synthesis cost in hours, as the paper does, beside the total wall time.
 """
 import argparse
 import os
+import resource
 import sys
-import time
 from types import SimpleNamespace
 
 import torch
@@ -23,14 +23,14 @@ from torchvision.utils import make_grid, save_image
 
 import registry
 from datafree import distributed
-from datafree.checkpoint import record_epoch, save_checkpoint
-from datafree.engine import distill_steps, evaluate, resume_training
+from datafree import run_state
+from datafree.checkpoint import record_epoch
+from datafree.engine import distill_steps, evaluate, now, resume_training
 from datafree.errors import CheckpointError, UsageError
-from datafree.pool import REPLACE_RULES, ImagePool
-from datafree.precision import MODES as PRECISIONS, Precision
+from datafree.pool import REPLACE_RULES, STORAGES as POOL_STORAGES
+from datafree.precision import AUTO, MODES as PRECISIONS, Precision, resolve_mode
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer, require_task_support
 from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, run_cli, run_summary_info
-from datafree.utils.misc import rng_state, set_rng_state
 
 # Flags that belong to particular methods; setting one away from its default for a method
 # that ignores it is an error.
@@ -85,7 +85,13 @@ def build_parser():
                             "set it for segmentation, e.g. 128 for NYUv2)")
     synth.add_argument("--save_dir", default="run/synthesis", help="folder for --save_pool")
     synth.add_argument("--save_pool", action="store_true",
-                       help="write the synthetic pool as PNG files into --save_dir at the end")
+                       help="write the synthetic pool as PNG files into --save_dir at the end (every process its "
+                            "share, in parallel)")
+    synth.add_argument("--pool_storage", default="auto", choices=("auto", *POOL_STORAGES),
+                       help="where each process keeps its synthetic pool: memory (a copy in device memory; "
+                            "fastest), disk (only the run folder's pool shard, read batch by batch), or auto "
+                            "(memory unless the pool this run makes per process would exceed 2 GiB); either way "
+                            "new images are appended to OUTPUT/pool/ and checkpoints only refer to them")
 
     ssd = parser.add_argument_group("SSD-KD (--method ssd; see README: what is from the paper and what is ours)")
     ssd.add_argument("--ssd_buffer_size", default=0, type=int,
@@ -136,9 +142,14 @@ def build_parser():
     run.add_argument("--gpu", default=None, type=int, help="GPU index; -1 for the CPU (default: GPU 0 if any)")
     run.add_argument("--fp16", action="store_true",
                      help="mixed precision: float16 + gradient scaling on CUDA, bfloat16 on the CPU (= --precision fp16)")
-    run.add_argument("--precision", default=None, choices=PRECISIONS,
-                     help="fp32 (default), fp16 (as --fp16) or bf16 (bfloat16 autocast on any device, no scaler)")
+    run.add_argument("--precision", default=None, choices=(*PRECISIONS, AUTO),
+                     help="fp32 (default), fp16 (as --fp16), bf16 (bfloat16 autocast on any device, no scaler), or "
+                          "auto: bf16 where the device computes bfloat16 natively (a CPU with AVX512-BF16/AMX, a "
+                          "recent GPU), else fp32 (the digits presets use auto; --precision fp32 turns it off)")
     run.add_argument("--channels_last", action="store_true", help="channels-last memory format for the networks")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the student and teacher of the KD steps (synthesis stays eager: its "
+                          "generator is cloned every call); the first epoch pays the compilation")
     run.add_argument("--dist_backend", default=None, choices=["nccl", "gloo"],
                      help="torchrun only: process-group backend (default: nccl on GPUs, gloo on the CPU)")
     run.add_argument("--seed", default=0, type=int)
@@ -184,6 +195,8 @@ def check_args(args, parser):
         raise UsageError(f"--save_pool needs a synthetic pool, but method '{args.method}' samples its generator instead")
     if not 0 <= args.warmup < args.epochs:
         raise UsageError(f"--warmup ({args.warmup}) must be at least 0 and below --epochs ({args.epochs})")
+    if args.fp16 and args.precision == AUTO:   # an explicit --fp16 beats a preset's auto
+        args.precision = "fp16"
     if args.fp16 and args.precision not in (None, "fp16"):
         raise UsageError(f"--fp16 means --precision fp16, which contradicts --precision {args.precision}; drop one")
     args.precision = args.precision or ("fp16" if args.fp16 else "fp32")
@@ -233,67 +246,82 @@ def build_scheduler(args, optimizer):
 
 
 def synthesizer_config(args, num_classes, image_shape, train_size=None, task=None):
-    """The synthesizer's view of the run; batch sizes are this process's share under torchrun."""
-    values = {**vars(args), "img_size": args.img_size or image_shape[-1]}
+    """The synthesizer's view of the run; batch sizes are this process's share under torchrun.
+    The pool's shard is OUTPUT/pool/rank{k}.u8; ``pool_storage`` is resolved from ``auto``."""
+    img_size = args.img_size or image_shape[-1]
+    values = {**vars(args), "img_size": img_size}
     config = SimpleNamespace(**values, num_classes=num_classes, nc=image_shape[0], train_size=train_size, task=task,
                              **registry.NORMALIZE_DICT[args.dataset])
     config.batch_size = distributed.per_process(args.batch_size)
     config.synthesis_batch_size = distributed.per_process(args.synthesis_batch_size, "--synthesis_batch_size")
+    projected = run_state.projected_pool_bytes(args.epochs, args.ep_steps // args.kd_steps,
+                                               config.synthesis_batch_size or config.batch_size,
+                                               (image_shape[0], img_size, img_size))
+    if args.output:
+        config.pool_storage = run_state.choose_pool_storage(args.pool_storage, projected)
+        config.pool_root, config.pool_file = args.output, run_state.pool_file(distributed.get_rank())
+    else:   # library use without a run folder: the pool stays in memory and is not persisted
+        config.pool_storage = "memory"
     return config
 
 
-def restore_rank_state(ckpt, path, synthesizer):
-    """Under torchrun, rank k > 0 takes back its own pool, latents and random stream."""
-    world = distributed.get_world_size()
-    if ckpt.get("world_size", 1) != world:
-        raise CheckpointError(f"{path} was written by a run of {ckpt.get('world_size', 1)} process(es) and this run "
-                              f"has {world}; resume it with the same number of processes (each holds its own "
-                              f"share of the synthetic pool)")
-    rank = distributed.get_rank()
-    if rank > 0:
-        own = ckpt["rank_states"][rank - 1]
-        synthesizer.load_state_dict(own["synthesizer"])
-        set_rng_state(own["rng"])
+def peak_rss_mb():
+    """This process's peak resident memory so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def now(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    device, resume_path = prepare_run(args, f"datafree-{args.method}", f"{args.dataset}-{args.teacher}-{args.student}")
-
+def load_data(args):
+    """The task, class count and image shape of --dataset, with its test split (the training split
+    is not read: only its registered size is)."""
     num_classes, train_set, val_set = registry.get_dataset(args.dataset, args.data_root, args.download)
     task = registry.get_task(args.dataset)
     require_task_support(args.method, task)
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(args.batch_size, 256), shuffle=False,
-                                             sampler=distributed.eval_sampler(val_set),
-                                             num_workers=args.workers, pin_memory=device.type == "cuda")
-    student = registry.get_model(args.student, num_classes, task=task).to(device)
-    if args.evaluate_only:
-        return evaluate_checkpoint(student, resume_path, args.student, val_loader, device, task)
-    teacher = load_teacher(registry.get_model(args.teacher, num_classes, task=task), args.teacher_ckpt,
+    return SimpleNamespace(task=task, num_classes=num_classes, val_set=val_set, image_shape=tuple(val_set[0][0].shape),
+                           train_size=registry.train_size(args.dataset, train_set))
+
+
+def build_synthesizer(args, data, student, device):
+    """The frozen teacher, the --method synthesizer around it and the student, and its config."""
+    teacher = load_teacher(registry.get_model(args.teacher, data.num_classes, task=data.task), args.teacher_ckpt,
                            args.dataset, args.teacher, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     if args.channels_last:
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
-
-    config = synthesizer_config(args, num_classes, tuple(val_set[0][0].shape), train_size=len(train_set), task=task)
+    config = synthesizer_config(args, data.num_classes, data.image_shape, train_size=data.train_size, task=data.task)
     synthesizer = SYNTHESIZERS[args.method](teacher, student, config, device)
     if args.channels_last and hasattr(synthesizer, "generator"):
         synthesizer.generator.to(memory_format=torch.channels_last)
+    return teacher, synthesizer, config
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device, resume_path = prepare_run(args, f"datafree-{args.method}", f"{args.dataset}-{args.teacher}-{args.student}")
+    args.precision = resolve_mode(args.precision, device)
+
+    data = load_data(args)
+    task, num_classes = data.task, data.num_classes
+    val_loader = torch.utils.data.DataLoader(data.val_set, batch_size=max(args.batch_size, 256), shuffle=False,
+                                             sampler=distributed.eval_sampler(data.val_set),
+                                             num_workers=args.workers, pin_memory=device.type == "cuda",
+                                             persistent_workers=args.workers > 0)   # not respawned every epoch
+    student = registry.get_model(args.student, num_classes, task=task).to(device)
+    if args.evaluate_only:
+        return evaluate_checkpoint(student, resume_path, args.student, val_loader, device, task)
+    teacher, synthesizer, config = build_synthesizer(args, data, student, device)
     distributed.seed_per_rank(args.seed)          # models are built alike; now each rank its own stream
-    kd_student = distributed.wrap_ddp(student, device)
-    optimizer = torch.optim.SGD(student.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    scheduler = build_scheduler(args, optimizer)
+    kd_student, kd_teacher = distributed.wrap_ddp(student, device), teacher
+    if args.compile:
+        kd_student, kd_teacher = torch.compile(kd_student), torch.compile(teacher)
     precision = Precision(device, args.precision)
+    optimizer = torch.optim.SGD(student.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                                **precision.optimizer_options())
+    scheduler = build_scheduler(args, optimizer)
 
     run = {"epoch": 0, "best_acc1": 0.0, "synthesis_seconds": 0.0, "kd_seconds": 0.0, "wall_seconds": 0.0}
+    resharded = None
     if resume_path:
         ckpt = resume_training(resume_path, student, args.student, optimizer, scheduler, device)
         if "synthesizer" not in ckpt:
@@ -304,10 +332,11 @@ def main(argv=None):
         if written != args.synthesis_channels:
             raise CheckpointError(f"{resume_path} was written with --synthesis_channels {written or 'left out'}; "
                                   f"resume with the same setting")
-        synthesizer.load_state_dict(ckpt["synthesizer"])
-        restore_rank_state(ckpt, resume_path, synthesizer)
+        resharded = run_state.restore(ckpt, resume_path, synthesizer, args.seed, device)
         precision.load_state_dict(ckpt.get("precision"))
         run.update({k: ckpt[k] for k in run})
+    elif args.cmi_init:
+        synthesizer.seed_pool(args.cmi_init)
     if args.start_epoch is not None:
         run["epoch"] = args.start_epoch
 
@@ -316,7 +345,11 @@ def main(argv=None):
         logger.args(args)
         if resume_path:
             logger.info(f"resumed from {resume_path} at epoch {run['epoch']} (best {task.label} {run['best_acc1']:.2f})")
-        train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger,
+            if resharded:
+                logger.info(resharded)
+        if hasattr(synthesizer, "pool"):
+            logger.info(f"synthetic pool: {config.pool_storage} storage, shard {synthesizer.pool.path}")
+        train(args, run, synthesizer, student, kd_teacher, optimizer, scheduler, precision, val_loader, device, logger,
               kd_student)
         hours = run["synthesis_seconds"] / 3600
         logger.info(f"Best {task.label}: {run['best_acc1']:.2f}  synthesis cost: {hours:.4f} h "
@@ -326,31 +359,33 @@ def main(argv=None):
             save_pool(synthesizer.pool, args.save_dir, logger)
     finally:
         logger.close()
+        if hasattr(synthesizer, "pool"):
+            synthesizer.pool.close()
     return dict(run)
 
 
 def save_pool(pool, folder, logger):
-    """Write the pool as PNG files (rank 0 writes every rank's share)."""
-    shares = distributed.gather_to_main(pool.images)
-    if distributed.is_main_process():
-        if len(shares) > 1:
-            pool = ImagePool("cpu")
-            pool.load_state_dict({"images": torch.cat(shares), "perm": None, "pos": 0})
-        pool.save_png(folder)
-        logger.info(f"wrote {len(pool)} pool images to {folder}")
+    """Write the pool as PNG files: every process its own images, in parallel, numbered after
+    the images of the lower ranks."""
+    sizes = distributed.all_gather_ints(len(pool))
+    pool.save_png(folder, start=sum(sizes[:distributed.get_rank()]))
+    distributed.barrier()
+    logger.info(f"wrote {sum(sizes)} pool images to {folder}")
 
 
 def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger,
           kd_student=None):
-    """The epoch loop; ``kd_student`` is the student as trained (DistributedDataParallel under torchrun)."""
-    kd_student = kd_student or student
+    """The epoch loop; ``kd_student`` is the student as trained (DistributedDataParallel under torchrun, compiled
+    with --compile), ``teacher`` the teacher of the KD steps."""
+    kd_student = student if kd_student is None else kd_student
     rounds = args.ep_steps // args.kd_steps
     summary_info = run_summary_info("datafree_kd", args, args.student)
     task = synthesizer.task
     sampling_is_synthesis = synthesizer.sampling_is_synthesis
+    warmup_stats = None
     for epoch in range(run["epoch"], args.epochs):
         epoch_start = now(device)
-        phase = dict.fromkeys(("synthesis", "kd", "eval", "output"), 0.0)
+        phase = dict.fromkeys(("synthesis", "kd", "eval", "output", "persist"), 0.0)
         kd_loss, syn_out = float("nan"), None
         for _ in range(rounds):
             tic = now(device)
@@ -366,7 +401,12 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
                 phase["kd"] += kd_seconds - moved
 
         tic = now(device)
-        stats = evaluate(student, val_loader, device, task)
+        if epoch < args.warmup and warmup_stats is not None:
+            stats = warmup_stats   # no KD yet: the student is the one already evaluated in this warm-up
+        else:
+            stats = evaluate(student, val_loader, device, task)
+        if epoch < args.warmup:
+            warmup_stats = stats
         phase["eval"] = now(device) - tic
         lr = optimizer.param_groups[0]["lr"]
         if epoch >= args.warmup:
@@ -389,23 +429,22 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
         logger.scalars(losses, epoch, "synthesis/")
         epoch_seconds = now(device) - epoch_start
         run["wall_seconds"] += epoch_seconds
-        own = {"synthesizer": synthesizer.state_dict(), "rng": rng_state()}
-        shards = {}
-        if distributed.get_world_size() > 1:   # every rank's own pool, latents and random state go to rank 0
-            gathered = distributed.gather_to_main(own)
-            if gathered is not None:
-                shards = {"world_size": len(gathered), "rank_states": gathered[1:]}
-        if distributed.is_main_process():
-            state = {"state_dict": student.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "synthesizer": own["synthesizer"],
-                     "precision": precision.state_dict(), "rng": own["rng"], "arch": args.student,
-                     "num_classes": synthesizer.config.num_classes, "dataset": args.dataset, "teacher": args.teacher,
-                     "method": args.method, "args": {k: v for k, v in vars(args).items()}, **run, **shards}
-            save_checkpoint(state, args.output, is_best)
-            record_epoch(args.output, epoch=epoch, epochs=args.epochs, acc1=stats[task.primary],
-                         epoch_seconds=epoch_seconds, info=summary_info,
-                         synthesis_seconds=run["synthesis_seconds"], kd_seconds=run["kd_seconds"])
         phase["output"] = now(device) - tic
+
+        tic = now(device)
+        state = {"state_dict": student.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "precision": precision.state_dict(), "arch": args.student,
+                 "num_classes": synthesizer.config.num_classes, "dataset": args.dataset, "teacher": args.teacher,
+                 "method": args.method, "args": dict(vars(args)), **run}
+        best = {k: state[k] for k in ("state_dict", "arch", "num_classes", "dataset", "teacher", "method", "epoch",
+                                      "best_acc1", "args")} if is_best else None
+        run_state.persist(synthesizer, args.output, run["epoch"], state, is_best, best)
+        phase["persist"] = now(device) - tic
+        if distributed.is_main_process():
+            record_epoch(args.output, epoch=epoch, epochs=args.epochs, acc1=stats[task.primary],
+                         epoch_seconds=epoch_seconds, info=summary_info, measured={
+                             "persist_seconds": phase["persist"], "peak_rss_mb": peak_rss_mb()},
+                         synthesis_seconds=run["synthesis_seconds"], kd_seconds=run["kd_seconds"])
         logger.info(
             f"[Eval] epoch={epoch} {task.describe(stats)} "
             f"best={run['best_acc1']:.2f} lr={lr:.4g} kd_loss={kd_loss:.4f} "

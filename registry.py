@@ -24,7 +24,7 @@ import torch.nn as nn
 from torchvision import datasets
 from torchvision import transforms as T
 
-from datafree.datasets import DIGITS_MEAN, DIGITS_STD, NYUv2, SHAPES_MEAN, SHAPES_STD, Digits, Shapes
+from datafree.datasets import DIGITS_MEAN, DIGITS_STD, NYUv2, SHAPES_MEAN, SHAPES_STD, Digits, LazyDataset, Shapes
 from datafree.datasets.seg_transforms import segmentation_transforms
 from datafree.models import classifiers, deeplab
 from datafree.errors import DatasetNotFoundError, UnknownNameError, UsageError
@@ -54,6 +54,7 @@ DATASET_DICT = Registry('dataset')
 DATASET_NUM_CLASSES = {}
 DATASET_TASKS = {}   # name -> (task name, task options), see datafree/tasks.py
 DATASET_HFLIP = {}   # name -> whether a horizontal flip keeps an image's class (augmentations follow it)
+DATASET_TRAIN_SIZES = {}   # name -> images in the training split, where declared (no need to read it)
 
 # torchvision's ImageNet weights for the ImageNet models (same state-dict layout as ours).
 TORCHVISION_WEIGHTS = {
@@ -73,18 +74,23 @@ def register_model(name, imagenet=False, segmentation=False):
     return (IMAGENET_MODEL_DICT if imagenet else MODEL_DICT).register(name)
 
 
-def register_dataset(name, num_classes, mean, std, task='classification', hflip=True, **task_options):
+def register_dataset(name, num_classes, mean, std, task='classification', train_size=None, hflip=True,
+                     **task_options):
     """Decorator: register ``fn(data_root, download=False) -> (train_set, val_set)``.
 
     ``task`` names the datafree.tasks task ('classification' or 'segmentation'); extra
-    keywords (e.g. ``ignore_index=255``) are passed to it. ``hflip`` declares whether a
-    mirrored image is still a valid image of its class (natural images: yes; digits and
-    letters: no); the training transform of the built-in datasets and every synthesis and
-    KD augmentation flip horizontally only where it is true.
+    keywords (e.g. ``ignore_index=255``) are passed to it. ``train_size`` (optional) is the
+    number of training images, which data-free runs then know without touching the training
+    split (SSD-KD's default buffer is a tenth of it). ``hflip`` declares whether a mirrored
+    image is still a valid image of its class (natural images: yes; digits and letters: no);
+    the training transform of the built-in datasets and every synthesis and KD augmentation
+    flip horizontally only where it is true.
     """
     def add(builder):
         DATASET_DICT.register(name, builder)
         DATASET_NUM_CLASSES[name] = num_classes
+        if train_size is not None:
+            DATASET_TRAIN_SIZES[name] = train_size
         DATASET_TASKS[name] = (task, task_options)
         DATASET_HFLIP[name] = bool(hflip)
         NORMALIZE_DICT[name] = dict(mean=tuple(mean), std=tuple(std))
@@ -112,6 +118,13 @@ def flips_valid(dataset):
     """Whether ``dataset`` was registered with ``hflip=True`` (mirrored images keep their class)."""
     DATASET_DICT.lookup(dataset)
     return DATASET_HFLIP.get(dataset, True)
+
+
+def train_size(name, train_set=None):
+    """Images in the training split of ``name``: as registered, else ``len(train_set)``."""
+    if name in DATASET_TRAIN_SIZES:
+        return DATASET_TRAIN_SIZES[name]
+    return None if train_set is None else len(train_set)
 
 
 def dataset_names():
@@ -277,13 +290,14 @@ def _cifar(cls, name, what, marker):
     return build
 
 
-register_dataset('cifar10', num_classes=10, **NORMALIZE_DICT['cifar10'])(
+register_dataset('cifar10', num_classes=10, train_size=50000, **NORMALIZE_DICT['cifar10'])(
     _cifar(datasets.CIFAR10, 'cifar10', 'CIFAR-10', 'cifar-10-batches-py'))
-register_dataset('cifar100', num_classes=100, **NORMALIZE_DICT['cifar100'])(
+register_dataset('cifar100', num_classes=100, train_size=50000, **NORMALIZE_DICT['cifar100'])(
     _cifar(datasets.CIFAR100, 'cifar100', 'CIFAR-100', 'cifar-100-python'))
 
 
-@register_dataset('svhn', num_classes=10, hflip=False, **NORMALIZE_DICT['svhn'])   # house numbers: digits too
+@register_dataset('svhn', num_classes=10, train_size=73257, hflip=False,   # house numbers: digits too
+                  **NORMALIZE_DICT['svhn'])
 def _svhn(data_root, download=False):
     root = os.path.join(data_root, 'torchdata')
     tf, _ = _transforms('svhn')
@@ -293,7 +307,7 @@ def _svhn(data_root, download=False):
                              split='test', transform=tf))
 
 
-@register_dataset('mnist', num_classes=10, hflip=False, **NORMALIZE_DICT['mnist'])
+@register_dataset('mnist', num_classes=10, train_size=60000, hflip=False, **NORMALIZE_DICT['mnist'])
 def _mnist(data_root, download=False):
     # 32x32 and 3 identical channels, so every classifier of the zoo accepts it.
     root = os.path.join(data_root, 'torchdata')
@@ -305,13 +319,18 @@ def _mnist(data_root, download=False):
 
 
 def _image_folders(name, root, train_tf, val_tf, layout_hint):
-    for split in ('train', 'val'):
-        _require(os.path.join(root, split), f"{name} ({split})", layout_hint)
-    return (datasets.ImageFolder(os.path.join(root, 'train'), transform=train_tf),
-            datasets.ImageFolder(os.path.join(root, 'val'), transform=val_tf))
+    """(train, val) ImageFolders; the training folder is only looked for, and scanned, when first
+    used, so that data-free runs need nothing but val/ (scanning ImageNet's train/ takes minutes)."""
+    _require(os.path.join(root, 'val'), f"{name} (val)", layout_hint)
+
+    def train_folder():
+        _require(os.path.join(root, 'train'), f"{name} (train)", layout_hint)
+        return datasets.ImageFolder(os.path.join(root, 'train'), transform=train_tf)
+
+    return LazyDataset(train_folder), datasets.ImageFolder(os.path.join(root, 'val'), transform=val_tf)
 
 
-@register_dataset('tiny_imagenet', num_classes=200, **NORMALIZE_DICT['tiny_imagenet'])
+@register_dataset('tiny_imagenet', num_classes=200, train_size=100000, **NORMALIZE_DICT['tiny_imagenet'])
 def _tiny_imagenet(data_root, download=False):
     root = os.path.join(data_root, 'tiny-imagenet-200')
     train_tf, val_tf = _cifar_style('tiny_imagenet', size=64, padding=4)
@@ -319,7 +338,7 @@ def _tiny_imagenet(data_root, download=False):
                           "download tiny-imagenet-200 and arrange train/ and val/ as one folder per class")
 
 
-@register_dataset('imagenet', num_classes=1000, **NORMALIZE_DICT['imagenet'])
+@register_dataset('imagenet', num_classes=1000, train_size=1281167, **NORMALIZE_DICT['imagenet'])
 def _imagenet(data_root, download=False):
     root = os.path.join(data_root, 'ILSVRC2012')
     train_tf, val_tf = _transforms('imagenet',

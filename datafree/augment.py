@@ -1,6 +1,7 @@
-"""Device-side augmentation and normalisation for synthetic batches (kornia)."""
+"""Device-side augmentation and normalisation for synthetic batches."""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from kornia import augmentation as K
 
 
@@ -30,16 +31,55 @@ def repeat_channels(images, channels):
     return images.expand(-1, channels, -1, -1)
 
 
+class RandomCropFlip(nn.Module):
+    """A random ``size`` crop of the images zero-padded by ``padding`` on each side, mirrored left-right
+    with probability 1/2 if ``hflip`` (the dataset's declaration that flips keep the class):
+    torchvision's / kornia's RandomCrop(size, padding) [+ RandomHorizontalFlip].
+
+    Every draw is made on the images' device and the crop is one gather, so a batch never waits
+    for the host (kornia draws its parameters on the CPU and copies them over, a host sync per
+    call on a GPU). Differentiable: gradients reach the uncropped pixels.
+    """
+
+    def __init__(self, size, padding=4, hflip=True):
+        super().__init__()
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.padding = padding
+        self.hflip = hflip
+
+    def draw(self, n, height, width, device):
+        """Per image: top and left corner of the crop in the padded image, and whether to flip."""
+        rows, cols = height + 2 * self.padding - self.size[0], width + 2 * self.padding - self.size[1]
+        if rows < 0 or cols < 0:
+            raise ValueError(f"a {self.size} crop does not fit {height}x{width} images padded by {self.padding}")
+        top = torch.randint(0, rows + 1, (n,), device=device)
+        left = torch.randint(0, cols + 1, (n,), device=device)
+        flip = torch.rand(n, device=device) < 0.5
+        return top, left, flip & self.hflip
+
+    def crop(self, images, top, left, flip):
+        """The crops at ``top``/``left`` of the padded images, flipped where ``flip``."""
+        n, c, _, _ = images.shape
+        p, (h, w), device = self.padding, self.size, images.device
+        padded = F.pad(images, (p, p, p, p))
+        width = padded.shape[-1]
+        rows = top.view(n, 1, 1) + torch.arange(h, device=device).view(1, h, 1)
+        cols = torch.arange(w, device=device).view(1, 1, w)
+        cols = left.view(n, 1, 1) + torch.where(flip.view(n, 1, 1), w - 1 - cols, cols)
+        index = (rows * width + cols).view(n, 1, h * w).expand(n, c, h * w)
+        return padded.flatten(2).gather(2, index).view(n, c, h, w)
+
+    def forward(self, images):
+        return self.crop(images, *self.draw(images.shape[0], *images.shape[-2:], images.device))
+
+
 def horizontal_flip(hflip=True):
-    """A random horizontal flip (p = 0.5) where flips keep the class (``hflip``), else the identity."""
+    """For kornia pipelines: a random horizontal flip (p = 0.5) where flips keep the class (``hflip``),
+    else the identity."""
     return K.RandomHorizontalFlip() if hflip else nn.Identity()
 
 
 def crop_flip_normalize(img_size, mean, std, padding=4, hflip=True):
     """Random crop with zero padding, a horizontal flip if ``hflip`` (the dataset's declaration),
     then normalisation: images in [0, 1] -> model input."""
-    return nn.Sequential(
-        K.RandomCrop(size=(img_size, img_size), padding=padding),
-        horizontal_flip(hflip),
-        Normalizer(mean, std),
-    )
+    return nn.Sequential(RandomCropFlip(img_size, padding, hflip), Normalizer(mean, std))

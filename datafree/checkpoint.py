@@ -38,12 +38,17 @@ def atomic_copy(src, dst):
     os.replace(tmp, dst)
 
 
-def save_checkpoint(state, run_dir, is_best):
-    """Write ``run_dir/last.pth``; copy it to ``run_dir/best.pth`` when ``is_best``."""
+def save_checkpoint(state, run_dir, is_best, best_state=None):
+    """Write ``run_dir/last.pth``; when ``is_best``, write ``best_state`` to ``run_dir/best.pth``
+    (or, without one, copy ``last.pth`` there)."""
     last = os.path.join(run_dir, "last.pth")
     atomic_save(state, last)
     if is_best:
-        atomic_copy(last, os.path.join(run_dir, "best.pth"))
+        best = os.path.join(run_dir, "best.pth")
+        if best_state is None:
+            atomic_copy(last, best)
+        else:
+            atomic_save(best_state, best)
     return last
 
 
@@ -62,20 +67,21 @@ def read_summary(run_dir):
         raise CheckpointError(f"{path} is not valid JSON ({err}); delete it, the next epoch writes it again") from err
 
 
-def record_epoch(run_dir, *, epoch, epochs, acc1, epoch_seconds, info=None, **totals):
+def record_epoch(run_dir, *, epoch, epochs, acc1, epoch_seconds, info=None, measured=None, **totals):
     """Add one finished epoch to ``run_dir/summary.json``, the small file table collectors read
     instead of the (possibly large) checkpoints.
 
     ``wall_seconds`` accumulates ``epoch_seconds`` over the run, resumes included; ``totals``
     are other running totals (e.g. ``synthesis_seconds``) stored as given; ``info`` holds
-    static facts of the run (script, arch, args). Epochs at or after ``epoch`` recorded by an
-    interrupted attempt are replaced.
+    static facts of the run (script, arch, args); ``measured`` holds figures of this epoch alone
+    (e.g. ``persist_seconds``), kept in its history entry. Epochs at or after ``epoch`` recorded
+    by an interrupted attempt are replaced.
     """
     summary = read_summary(run_dir) or {}
     history = [h for h in summary.get("history", []) if h["epoch"] < epoch]
     wall = (history[-1]["wall_seconds"] if history else 0.0) + epoch_seconds
     history.append({"epoch": epoch, "acc1": float(acc1), "wall_seconds": wall,
-                    **{k: float(v) for k, v in totals.items()}})
+                    **{k: float(v) for k, v in {**totals, **(measured or {})}.items()}})
     summary.update(info or {})
     summary.update(totals)
     summary.update(epoch=epoch + 1, epochs=epochs, finished=epoch + 1 >= epochs, wall_seconds=wall,

@@ -25,10 +25,6 @@ import torch.distributed as dist
 
 from datafree.errors import UsageError
 
-# A gloo group for object collectives when the main group is NCCL (pickled states stay on the CPU).
-_OBJECT_GROUP = None
-
-
 def launched_by_torchrun():
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
@@ -61,7 +57,6 @@ def init_distributed(gpu=None, backend=None):
     when CUDA is available. The backend is NCCL for GPUs and gloo for the CPU unless
     ``backend`` says otherwise.
     """
-    global _OBJECT_GROUP
     if not launched_by_torchrun():
         return None
     if is_distributed():
@@ -80,7 +75,6 @@ def init_distributed(gpu=None, backend=None):
     if backend == "nccl" and not use_cuda:
         raise UsageError("--dist_backend nccl needs GPUs; use gloo to run on the CPU")
     dist.init_process_group(backend=backend, init_method="env://", timeout=datetime.timedelta(minutes=30))
-    _OBJECT_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else None
     quiet_other_ranks(is_main_process())
     if gpu not in (None, -1) and is_main_process():
         print(f"--gpu {gpu} is ignored under torchrun: process k uses GPU LOCAL_RANK")
@@ -88,10 +82,8 @@ def init_distributed(gpu=None, backend=None):
 
 
 def cleanup():
-    global _OBJECT_GROUP
     if is_distributed():
         dist.destroy_process_group()
-    _OBJECT_GROUP = None
 
 
 def quiet_other_ranks(is_main):
@@ -166,27 +158,14 @@ def average_tensors(tensors):
         offset += t.numel()
 
 
-def to_cpu(obj):
-    """A copy of a nested container with every tensor moved to the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
-    return obj
-
-
-def gather_to_main(obj):
-    """Every rank's ``obj`` (moved to the CPU) as a list on rank 0, None on the other ranks.
-
-    In a single process: ``[obj]``.
-    """
-    if get_world_size() == 1:
-        return [obj]
-    out = [None] * get_world_size() if is_main_process() else None
-    dist.gather_object(to_cpu(obj), out, dst=0, group=_OBJECT_GROUP)
-    return out
+def all_gather_ints(value):
+    """Every rank's integer ``value`` as a list ordered by rank (``[value]`` in a single process)."""
+    world = get_world_size()
+    if world == 1:
+        return [int(value)]
+    counts = torch.zeros(world, dtype=torch.float64)
+    counts[get_rank()] = value
+    return [int(v) for v in all_reduce_tensor(counts).tolist()]
 
 
 def barrier():

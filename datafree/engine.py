@@ -6,6 +6,7 @@ resume and logging. What is measured comes from the task object (datafree/tasks.
 top-1/top-5 accuracy for classification, mIoU / pixel accuracy / per-class IoU for
 segmentation; ``best_acc1`` in checkpoints holds the task's primary number.
 """
+import contextlib
 import time
 
 import torch
@@ -120,20 +121,64 @@ def fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device, 
     return best_acc1
 
 
+def now(device):
+    """The wall clock, read after the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class BlockTimer:
+    """Total time of repeated code blocks without a host sync per block.
+
+    On a GPU each block is bracketed by two CUDA events on the current stream and the total is
+    read once, in ``seconds()`` (the events measure the stream's time between the two points,
+    so asynchronous kernels are counted where they run); on the CPU it is the wall clock.
+    """
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self._events = []
+        self._seconds = 0.0
+
+    @contextlib.contextmanager
+    def measure(self):
+        if self.device.type != "cuda":
+            tic = time.perf_counter()
+            yield
+            self._seconds += time.perf_counter() - tic
+            return
+        stream = torch.cuda.current_stream(self.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(stream)
+        yield
+        end.record(stream)
+        self._events.append((start, end))
+
+    def seconds(self):
+        """The total so far (waits for the last block's work on a GPU)."""
+        if self._events:
+            self._events[-1][1].synchronize()
+            self._seconds += sum(start.elapsed_time(end) for start, end in self._events) / 1000.0
+            self._events = []
+        return self._seconds
+
+
 def distill_steps(synthesizer, student, teacher, optimizer, precision, steps):
     """``steps`` KD steps on batches from ``synthesizer.sample()`` with ``synthesizer.kd_loss``.
 
     Returns ``(mean loss, seconds spent in sample())``; the caller decides whether sampling
-    counts as synthesis time (it does for the generative methods, as in the original).
+    counts as synthesis time (it does for the generative methods, as in the original). The loop
+    itself never waits for the device: the loss is summed on it and read once at the end.
     """
     student.train()
     teacher.eval()
-    loss_sum = torch.zeros((), device=next(student.parameters()).device)
-    sample_seconds = 0.0
+    device = next(student.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    sampling = BlockTimer(device)
     for _ in range(steps):
-        tic = time.perf_counter()
-        images = synthesizer.sample()
-        sample_seconds += time.perf_counter() - tic
+        with sampling.measure():
+            images = synthesizer.sample()
         with precision.autocast():
             with torch.no_grad():
                 teacher_logits = teacher(images)
@@ -142,4 +187,4 @@ def distill_steps(synthesizer, student, teacher, optimizer, precision, steps):
         precision.backward(loss)
         precision.step(optimizer)
         loss_sum += loss.detach().float()
-    return loss_sum.item() / max(steps, 1), sample_seconds
+    return loss_sum.item() / max(steps, 1), sampling.seconds()

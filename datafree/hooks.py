@@ -30,9 +30,7 @@ class BNStatsHook:
     def _hook(self, module, inputs, output):
         if not self.active:
             return
-        x = inputs[0].float()
-        mean = x.mean(dim=(0, 2, 3))
-        var = x.transpose(0, 1).reshape(x.shape[1], -1).var(dim=1, unbiased=False)
+        var, mean = torch.var_mean(inputs[0].float(), dim=(0, 2, 3), unbiased=False)   # one pass, no transposed copy
         self._last = (mean.detach(), var.detach())
         if self.momentum > 0 and self.ema_mean is not None:
             mean = (1 - self.momentum) * mean + self.momentum * self.ema_mean

@@ -31,3 +31,13 @@ def teacher_file(in_tmp_cwd):
     path = in_tmp_cwd / "checkpoints" / "pretrained" / "digits_resnet8.pth"
     atomic_save({"state_dict": registry.get_model("resnet8", 10).state_dict()}, str(path))
     return path
+
+
+def pool_images(run_dir, rank=0):
+    """The synthetic pool of process ``rank`` as the run's last.pth describes it (uint8, N x C x H x W)."""
+    from datafree.checkpoint import load_checkpoint
+    from datafree.pool import read_pool
+
+    ckpt = load_checkpoint(os.path.join(run_dir, "last.pth"))
+    state = ckpt if rank == 0 else load_checkpoint(os.path.join(run_dir, ckpt["rank_files"][rank - 1]))
+    return read_pool(state["synthesizer"]["pool"], str(run_dir))

@@ -39,10 +39,11 @@ class ProbeNet(nn.Module):
 def main():
     registry.register_model("probe_gn")(ProbeNet)   # only in the torchrun processes
     import datafree_kd
+    from datafree import run_state
 
     probe_dir, argv = sys.argv[1], sys.argv[2:]
     record = {"rounds": [], "saves": 0}
-    real_distill, real_save = datafree_kd.distill_steps, datafree_kd.save_checkpoint
+    real_distill, real_save = datafree_kd.distill_steps, run_state.save_checkpoint
 
     def clone_state(module):
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -66,11 +67,11 @@ def main():
         record["rounds"].append(entry)
         return out
 
-    def save_checkpoint(state, run_dir, is_best):
+    def save_checkpoint(state, run_dir, is_best, best_state=None):
         record["saves"] += 1
-        return real_save(state, run_dir, is_best)
+        return real_save(state, run_dir, is_best, best_state)
 
-    datafree_kd.distill_steps, datafree_kd.save_checkpoint = distill_steps, save_checkpoint
+    datafree_kd.distill_steps, run_state.save_checkpoint = distill_steps, save_checkpoint
     try:
         datafree_kd.run_cli(datafree_kd.main, argv)
     finally:

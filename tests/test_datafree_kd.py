@@ -11,7 +11,8 @@ import torch
 import datafree.synthesis.fast as fast_module
 import datafree_kd
 import registry
-from conftest import ROOT
+from datafree import run_state
+from conftest import ROOT, pool_images
 from datafree.checkpoint import load_checkpoint
 from datafree.errors import CheckpointError, UsageError
 from datafree.synthesis.meta import FirstOrderMAML
@@ -30,8 +31,12 @@ def test_runs_and_writes_outputs(teacher_file, method, extra):
     assert {"last.pth", "best.pth", "log.txt", "synthetic.png", "tb"} <= set(os.listdir(run))
     ckpt = load_checkpoint(f"{run}/last.pth")
     assert ckpt["epoch"] == 2 and ckpt["method"] == method
-    assert len(ckpt["synthesizer"]["pool"]["images"]) == 2 * 2 * 8     # 2 epochs x 2 rounds x 8 images
-    assert ckpt["synthesizer"]["pool"]["images"].dtype == torch.uint8
+    pool = pool_images(run)
+    assert len(pool) == 2 * 2 * 8 and pool.dtype == torch.uint8     # 2 epochs x 2 rounds x 8 images
+    assert "images" not in ckpt["synthesizer"]["pool"]              # the checkpoint refers to the pool
+    assert os.path.getsize(f"{run}/pool/rank0.u8") == 2 * 2 * 8 * 3 * 32 * 32
+    best = load_checkpoint(f"{run}/best.pth")                       # best.pth: the student, no run state
+    assert "synthesizer" not in best and "optimizer" not in best and best["arch"] == "resnet8"
     assert result["synthesis_seconds"] > 0 and result["kd_seconds"] > 0
     assert result["wall_seconds"] >= result["synthesis_seconds"] + result["kd_seconds"]
     log = open(f"{run}/log.txt").read()
@@ -67,42 +72,91 @@ def test_reset_l0_happens_once_at_120_calls_after_warmup(teacher_file, monkeypat
     assert len(calls) == 1   # call number 2 = 1 + warmup 1, of 4 calls
 
 
-def test_resumed_run_matches_an_uninterrupted_one(teacher_file, monkeypatch):
-    common = ["--method", "fast_meta", *TINY, "--epochs", "3", "--warmup", "1"]
-    datafree_kd.main([*common, "--output", "full"])
-
-    real_save = datafree_kd.save_checkpoint
-    saves = []
-
-    def die_after_second_epoch(state, run_dir, is_best):
-        real_save(state, run_dir, is_best)
-        saves.append(state["epoch"])
-        if len(saves) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(datafree_kd, "save_checkpoint", die_after_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        datafree_kd.main([*common, "--output", "killed"])
-    monkeypatch.setattr(datafree_kd, "save_checkpoint", real_save)
-    assert load_checkpoint("killed/last.pth")["epoch"] == 2
-    datafree_kd.main([*common, "--output", "killed", "--resume"])
-
-    full, resumed = load_checkpoint("full/last.pth"), load_checkpoint("killed/last.pth")
+def assert_same_final_state(resumed_dir, full_dir):
+    full, resumed = load_checkpoint(f"{full_dir}/last.pth"), load_checkpoint(f"{resumed_dir}/last.pth")
     assert resumed["epoch"] == full["epoch"] == 3
     assert resumed["best_acc1"] == full["best_acc1"]
     for k, v in full["state_dict"].items():
         assert torch.allclose(resumed["state_dict"][k].float(), v.float(), atol=1e-5), k
     for k, v in full["synthesizer"]["generator"].items():
         assert torch.allclose(resumed["synthesizer"]["generator"][k].float(), v.float(), atol=1e-5), k
-    assert torch.equal(resumed["synthesizer"]["pool"]["images"], full["synthesizer"]["pool"]["images"])
+    assert torch.equal(pool_images(resumed_dir), pool_images(full_dir))
     for a, b in zip(resumed["synthesizer"]["bn_hooks"], full["synthesizer"]["bn_hooks"]):
         assert torch.allclose(a["ema_mean"], b["ema_mean"], atol=1e-5)
 
 
+def test_resumed_run_matches_an_uninterrupted_one(teacher_file, monkeypatch):
+    common = ["--method", "fast_meta", *TINY, "--epochs", "3", "--warmup", "1"]
+    datafree_kd.main([*common, "--output", "full"])
+
+    real_save = run_state.save_checkpoint
+    saves = []
+
+    def die_after_second_epoch(state, run_dir, is_best, best_state=None):
+        real_save(state, run_dir, is_best, best_state)
+        saves.append(state["epoch"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_state, "save_checkpoint", die_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        datafree_kd.main([*common, "--output", "killed"])
+    monkeypatch.setattr(run_state, "save_checkpoint", real_save)
+    assert load_checkpoint("killed/last.pth")["epoch"] == 2
+    datafree_kd.main([*common, "--output", "killed", "--resume"])
+    assert_same_final_state("killed", "full")
+
+
+def test_kill_between_a_pool_append_and_the_checkpoint(teacher_file, monkeypatch):
+    """Images appended to the shard after the last checkpoint are cut off on resume."""
+    common = ["--method", "fast_meta", *TINY, "--epochs", "3", "--warmup", "1"]
+    datafree_kd.main([*common, "--output", "full"])
+
+    real_synthesize = fast_module.FastMetaSynthesizer.synthesize
+
+    def die_after_fifth_call(self):
+        out = real_synthesize(self)
+        if self.calls == 5:           # epoch 2, first round: its images are in the shard
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(fast_module.FastMetaSynthesizer, "synthesize", die_after_fifth_call)
+    with pytest.raises(KeyboardInterrupt):
+        datafree_kd.main([*common, "--output", "killed"])
+    monkeypatch.setattr(fast_module.FastMetaSynthesizer, "synthesize", real_synthesize)
+    row = 3 * 32 * 32
+    assert load_checkpoint("killed/last.pth")["synthesizer"]["pool"]["rows"] == 4 * 8
+    assert os.path.getsize("killed/pool/rank0.u8") == 5 * 8 * row     # one call more than the checkpoint
+    datafree_kd.main([*common, "--output", "killed", "--resume"])
+    assert os.path.getsize("killed/pool/rank0.u8") == 6 * 8 * row
+    assert_same_final_state("killed", "full")
+
+
+def test_resume_into_another_folder_copies_the_pool_and_leaves_the_original(teacher_file):
+    common = ["--method", "fast_meta", *TINY, "--warmup", "1"]
+    datafree_kd.main([*common, "--epochs", "2", "--output", "first"])
+    before = open("first/pool/rank0.u8", "rb").read()
+    datafree_kd.main([*common, "--epochs", "3", "--output", "second", "--resume", "first/last.pth"])
+    assert open("first/pool/rank0.u8", "rb").read() == before
+    pool = pool_images("second")
+    assert len(pool) == 3 * 2 * 8
+    assert torch.equal(pool[:2 * 2 * 8].flatten(), torch.frombuffer(bytearray(before), dtype=torch.uint8))
+
+
+def test_disk_storage_gives_the_same_run_as_memory(teacher_file):
+    common = ["--method", "fast_meta", *TINY, "--epochs", "2", "--warmup", "1"]
+    datafree_kd.main([*common, "--output", "memory", "--pool_storage", "memory"])
+    datafree_kd.main([*common, "--output", "disk", "--pool_storage", "disk"])
+    memory, disk = load_checkpoint("memory/last.pth"), load_checkpoint("disk/last.pth")
+    for k, v in memory["state_dict"].items():
+        assert torch.equal(disk["state_dict"][k], v), k
+    assert torch.equal(pool_images("memory"), pool_images("disk"))
+    assert "disk storage" in open("disk/log.txt").read()
+
+
 def test_grayscale_synthesis_end_to_end(teacher_file):
     datafree_kd.main(["--method", "fast", *TINY, "--synthesis_channels", "1", "--epochs", "1"])
-    ckpt = load_checkpoint("checkpoints/datafree-fast/digits-resnet8-resnet8/last.pth")
-    pool = ckpt["synthesizer"]["pool"]["images"]
+    pool = pool_images("checkpoints/datafree-fast/digits-resnet8-resnet8")
     assert pool.shape == (2 * 8, 3, 32, 32) and pool.float().std() > 0
     assert torch.equal(pool[:, 0], pool[:, 1]) and torch.equal(pool[:, 0], pool[:, 2])
     with pytest.raises(CheckpointError, match="written with --synthesis_channels 1; resume with the same"):
@@ -182,8 +236,7 @@ def test_save_pool_and_cmi_init(teacher_file, in_tmp_cwd):
         Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(init / f"{i}.png")
     datafree_kd.main(["--method", "fast_meta", *TINY, "--epochs", "1", "--ep_steps", "2", "--cmi_init", str(init),
                       "--save_pool", "--save_dir", "pool_png"])
-    ckpt = load_checkpoint("checkpoints/datafree-fast_meta/digits-resnet8-resnet8/last.pth")
-    pool = ckpt["synthesizer"]["pool"]["images"]
+    pool = pool_images("checkpoints/datafree-fast_meta/digits-resnet8-resnet8")
     assert pool.shape == (3 + 8, 3, 32, 32)          # the resized init images, then one synthetic batch
     files = sorted(os.listdir("pool_png"))
     assert len(files) == 11

@@ -1,20 +1,22 @@
 """torchrun runs (two gloo processes on the CPU) against one-process arithmetic."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import datafree_kd
 import registry
-from conftest import ROOT
+from conftest import ROOT, pool_images
 from datafree import distributed
 from datafree.checkpoint import load_checkpoint
 from datafree.criterions import kldiv
 from datafree.engine import evaluate
-from datafree.errors import CheckpointError, UsageError
+from datafree.errors import UsageError
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from dist_probe import ProbeNet  # noqa: E402
@@ -93,11 +95,11 @@ def test_torchrun_fast_meta_matches_one_process_and_resumes(teacher_file, in_tmp
              for k, v in ranks[0]["rounds"][0]["generator"].items() if v.is_floating_point()]
     assert any(moved)
 
-    # the checkpoint holds every rank's own pool shard; evaluation covered the whole test set once
+    # each rank persisted its own pool shard and state file; last.pth refers to them
     ckpt = load_checkpoint(f"{RUN}/last.pth")
-    assert ckpt["world_size"] == 2 and len(ckpt["rank_states"]) == 1
-    pool0 = ckpt["synthesizer"]["pool"]["images"]
-    pool1 = ckpt["rank_states"][0]["synthesizer"]["pool"]["images"]
+    assert ckpt["world_size"] == 2 and ckpt["rank_files"] == ["ranks/rank1-epoch1.pth"]
+    assert "rank_states" not in ckpt and "images" not in ckpt["synthesizer"]["pool"]
+    pool0, pool1 = pool_images(RUN, 0), pool_images(RUN, 1)
     assert pool0.shape == pool1.shape == (2 * 8, 3, 32, 32) and not torch.equal(pool0, pool1)
     log = open(f"{RUN}/log.txt").read()
     assert log.count("[Eval] epoch=0") == 1
@@ -105,23 +107,36 @@ def test_torchrun_fast_meta_matches_one_process_and_resumes(teacher_file, in_tmp
     student.load_state_dict(ckpt["state_dict"])
     assert_logged_eval_matches_one_process(log, student)
 
-    # a one-process resume is refused; a two-process one continues each rank's own state
-    with pytest.raises(CheckpointError, match="run of 2 process"):
-        datafree_kd.main([*PROBE_FLAGS, "--epochs", "2", "--resume"])
-    torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe2", *PROBE_FLAGS, "--epochs", "2", "--resume"],
-             in_tmp_cwd)
+    # a one-process resume (of a copy) re-shards both pools into one and finishes
+    shutil.copytree(RUN, "one")
+    datafree_kd.main([*PROBE_FLAGS, "--epochs", "2", "--output", "one", "--resume"])
+    one = load_checkpoint("one/last.pth")
+    assert one["epoch"] == 2 and one["world_size"] == 1 and one["synthesizer"]["pool"]["file"] == "pool/rank0.g1.u8"
+    merged = pool_images("one")
+    assert len(merged) == 2 * 16 + 2 * 16          # both shards, then two calls of the whole batch of 16
+    assert torch.equal(merged[:16], pool0) and torch.equal(merged[16:32], pool1)   # rank order
+    assert "re-sharded a run of 2 process(es) for 1" in open("one/log.txt").read()
+    assert torch.equal(pool_images(RUN, 0), pool0)  # the old shards are only read
+
+    # a two-process resume continues each rank's own state
+    torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe2", *PROBE_FLAGS, "--epochs", "2", "--resume",
+              "--save_pool", "--save_dir", "pngs"], in_tmp_cwd)
     resumed = load_checkpoint(f"{RUN}/last.pth")
     assert resumed["epoch"] == 2
-    new0 = resumed["synthesizer"]["pool"]["images"]
-    new1 = resumed["rank_states"][0]["synthesizer"]["pool"]["images"]
+    new0, new1 = pool_images(RUN, 0), pool_images(RUN, 1)
     assert len(new0) == len(new1) == 4 * 8
     assert torch.equal(new0[:16], pool0) and torch.equal(new1[:16], pool1)
-    other = resumed["rank_states"][0]["synthesizer"]
+    # --save_pool: each process wrote its own images, numbered after the lower rank's
+    assert sorted(os.listdir("pngs")) == [f"{i:07d}.png" for i in range(64)]
+    from PIL import Image
+    assert torch.equal(torch.from_numpy(np.array(Image.open("pngs/0000032.png"))).permute(2, 0, 1), new1[0])
+    other = load_checkpoint(os.path.join(RUN, resumed["rank_files"][0]))["synthesizer"]
     for k, v in resumed["synthesizer"]["generator"].items():
         assert torch.equal(v, other["generator"][k]), k
     for a, b in zip(resumed["synthesizer"]["bn_hooks"], other["bn_hooks"]):   # BN targets averaged over ranks
         assert torch.allclose(a["ema_mean"], b["ema_mean"]) and torch.allclose(a["ema_var"], b["ema_var"])
     assert "resumed from" in open(f"{RUN}/log.txt").read()
+    assert sorted(os.listdir(f"{RUN}/ranks")) == ["rank1-epoch1.pth", "rank1-epoch2.pth"]
 
 
 def test_torchrun_train_scratch(in_tmp_cwd):
@@ -152,7 +167,7 @@ def test_single_process_helpers_are_no_ops():
     assert distributed.per_process(100) == 100 and distributed.per_process(None) is None
     model = torch.nn.Linear(2, 2)
     assert distributed.wrap_ddp(model, torch.device("cpu")) is model
-    assert distributed.gather_to_main({"a": 1}) == [{"a": 1}]
+    assert distributed.all_gather_ints(7) == [7]
 
 
 def test_methods_that_would_drift_are_refused_under_torchrun(monkeypatch):

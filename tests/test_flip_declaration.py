@@ -5,7 +5,7 @@ from kornia import augmentation as K
 from torchvision import transforms as T
 
 import registry
-from datafree.augment import crop_flip_normalize
+from datafree.augment import RandomCropFlip, crop_flip_normalize
 from datafree.synthesis import SYNTHESIZERS
 from datafree.synthesis.deepinv import jitter_and_flip
 from datafree.tasks import build_task
@@ -57,15 +57,10 @@ def test_digits_training_transform_does_not_flip():
     assert T.RandomCrop in kinds and T.RandomHorizontalFlip not in kinds
 
 
-def test_cifar_style_training_transform_still_flips(tmp_path):
-    root = tmp_path / "tiny-imagenet-200"
-    for split in ("train", "val"):
-        (root / split / "a").mkdir(parents=True)
-    from PIL import Image
-    for split in ("train", "val"):
-        Image.new("RGB", (64, 64)).save(root / split / "a" / "x.png")
-    _, train_set, _ = registry.get_dataset("tiny_imagenet", data_root=str(tmp_path))
-    assert T.RandomHorizontalFlip in [type(t) for t in train_set.transform.transforms]
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "tiny_imagenet"])
+def test_natural_image_training_transforms_still_flip(name):
+    train_tf, _ = registry._cifar_style(name)
+    assert T.RandomHorizontalFlip in [type(t) for t in train_tf.transforms]
 
 
 @pytest.mark.parametrize("hflip", [False, True])
@@ -95,7 +90,8 @@ def test_deepinversion_jitter_flips_only_if_valid(hflip):
 
 
 def flip_modules(module):
-    return [m for m in module.modules() if isinstance(m, K.RandomHorizontalFlip)]
+    return [m for m in module.modules()
+            if isinstance(m, K.RandomHorizontalFlip) or (isinstance(m, RandomCropFlip) and m.hflip)]
 
 
 @pytest.mark.parametrize("method", ["fast", "fast_meta", "deepinv", "cmi", "ssd", "fast_meta_imagenet", "noise"])

@@ -11,6 +11,7 @@ from PIL import Image
 import datafree.synthesis.fast as fast_module
 import datafree_kd
 import registry
+from conftest import pool_images
 import train_scratch
 import vanilla_kd
 from datafree.checkpoint import atomic_save, load_checkpoint, load_weights
@@ -243,7 +244,7 @@ def test_datafree_kd_segmentation_runs(seg_teacher, method, monkeypatch):
     result = datafree_kd.main(["--method", method, *TINY, *METHODS[method]])
     run = f"checkpoints/datafree-{method}/shapes-deeplabv3_tiny_s-deeplabv3_tiny_s"
     ckpt = load_checkpoint(f"{run}/last.pth")
-    pool = ckpt["synthesizer"]["pool"]["images"]
+    pool = pool_images(run)
     assert pool.shape == (2 * 4, 3, 32, 32) and pool.dtype == torch.uint8
     log = open(f"{run}/log.txt").read()
     assert "mIoU=" in log and "Best mIoU:" in log and "kd_loss=nan" in log    # epoch 0 is warmup

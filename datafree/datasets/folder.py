@@ -31,9 +31,39 @@ class UnlabeledImageFolder(torch.utils.data.Dataset):
         return image, -1
 
 
-def load_image_tensor(root, size):
-    """Every image under ``root`` as one float tensor (N, 3, size, size) in [0, 1]."""
+def iter_image_batches(root, size, start=0, step=1, batch_size=256):
+    """Images start, start + step, ... under ``root`` (sorted), resized to size x size, as float
+    tensors (n, 3, size, size) in [0, 1] of at most ``batch_size`` images: a large folder is
+    never held in memory at once."""
     from torchvision import transforms as T
 
     folder = UnlabeledImageFolder(root, transform=T.Compose([T.Resize((size, size)), T.ToTensor()]))
-    return torch.stack([folder[i][0] for i in range(len(folder))])
+    indices = range(start, len(folder), step)
+    for first in range(0, len(indices), batch_size):
+        yield torch.stack([folder[i][0] for i in indices[first:first + batch_size]])
+
+
+class LazyDataset(torch.utils.data.Dataset):
+    """A dataset built by ``build()`` on first use (its length or an item): a split that a run
+    may never touch (the training split in a data-free run) costs nothing and may be absent."""
+
+    def __init__(self, build):
+        self._build = build
+        self._dataset = None
+
+    @property
+    def dataset(self):
+        if self._dataset is None:
+            self._dataset = self._build()
+        return self._dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+    def __getattr__(self, name):   # targets, classes, ...: those of the built dataset
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)

@@ -6,12 +6,14 @@ run's argument namespace plus ``num_classes``, ``img_size``, ``nc``, ``mean``, `
 classification when absent). ``synthesis_channels`` (default ``nc``) is how many channels a
 method synthesises: 1 for grayscale data, repeated to ``nc`` before any network sees it.
 """
+import os
+
 import torch
 
 from datafree import distributed
-from datafree.datasets.folder import load_image_tensor
+from datafree.datasets.folder import iter_image_batches
 from datafree.errors import UsageError
-from datafree.pool import ImagePool
+from datafree.pool import MANIFEST, ImagePool, read_manifest
 from datafree.precision import Precision
 from datafree.tasks import build_task
 from datafree.utils.registry import Registry
@@ -83,16 +85,39 @@ class BaseSynthesizer:
         self.precision.load_state_dict(state["precision"])
 
 
+def pool_options(config):
+    """Where a synthesizer's pool keeps its images (datafree/pool.py): ``pool_storage`` (memory
+    or disk), and the run folder and file of this process's shard (none: not persisted)."""
+    return {"storage": getattr(config, "pool_storage", None) or "memory",
+            "root": getattr(config, "pool_root", None), "file": getattr(config, "pool_file", None)}
+
+
 class PoolSynthesizer(BaseSynthesizer):
     """Methods that keep each synthesised batch in an ImagePool and train on augmented draws."""
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
         self.aug = self.task.synthesis_augmentation(config.img_size, config.mean, config.std).to(device)
-        self.pool = ImagePool(device)
-        if config.cmi_init:  # pre-inverted images join the pool from the start (each rank its share)
-            images = load_image_tensor(config.cmi_init, config.img_size)
-            self.pool.add(images[distributed.get_rank()::distributed.get_world_size()])
+        self.pool = ImagePool(device, **pool_options(config))
+
+    def seed_pool(self, folder):
+        """Add pre-made images (--cmi_init) to the pool of a new run, each process its share
+        (every world_size-th image): a folder of image files, resized to the synthesis size, or
+        a pool folder with a pool.json manifest (make_init_pool.py), whose rows are copied."""
+        rank, world = distributed.get_rank(), distributed.get_world_size()
+        if os.path.isfile(os.path.join(folder, MANIFEST)):
+            sources = read_manifest(folder)
+            shape = tuple(sources[0][1])
+            expected = (self.config.nc, self.config.img_size, self.config.img_size)
+            if shape != expected:
+                raise UsageError(f"the pool in {folder} holds images of shape {shape}, but this run synthesises "
+                                 f"{expected}; make the initial pool at the run's image size")
+            total = sum(rows for _, _, rows in sources)
+            self.pool.adopt(sources, range(rank, total, world))
+        else:
+            for images in iter_image_batches(folder, self.config.img_size, start=rank, step=world):
+                self.pool.add(images)
+        self.pool.sync()   # durable now, so that the first epoch's checkpoint only waits for its own images
 
     def sample(self):
         with torch.no_grad():
@@ -127,5 +152,11 @@ class BestBatch:
 
     def report(self):
         """Loss terms of the best step as floats (one host sync), prefixed 'loss'."""
-        return {"loss": self.loss.item(),
-                **{f"loss_{k[5:]}": v.item() for k, v in self.values.items() if k.startswith("term_")}}
+        return loss_report(self.loss, {k[5:]: v for k, v in self.values.items() if k.startswith("term_")})
+
+
+def loss_report(loss, terms):
+    """``{'loss': float, 'loss_<term>': float, ...}`` from device scalars, read in one host sync."""
+    values = torch.stack([torch.as_tensor(v, device=loss.device).detach().float()
+                          for v in (loss, *terms.values())]).tolist()
+    return dict(zip(["loss", *(f"loss_{k}" for k in terms)], values))

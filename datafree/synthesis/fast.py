@@ -100,7 +100,8 @@ class FastSynthesizer(FastInversionLoss, PoolSynthesizer):
         targets = self.task.inversion_targets(self.batch_size, self.device)
         fast_generator = self.generator.clone() if self.meta is not None else self.generator
         optimizer = torch.optim.Adam([{"params": fast_generator.parameters()},
-                                      {"params": [z], "lr": c.lr_z}], lr=c.lr_g, betas=(0.5, 0.999))
+                                      {"params": [z], "lr": c.lr_z}], lr=c.lr_g, betas=(0.5, 0.999),
+                                      **self.precision.optimizer_options())
         if self.meta is not None:
             self.meta.begin()
         best = BestBatch(self.device)
@@ -114,7 +115,8 @@ class FastSynthesizer(FastInversionLoss, PoolSynthesizer):
                 self.precision.backward(loss, inputs=[z, *fast_generator.parameters()])
                 self.precision.unscale(optimizer)
                 # An overflowed float16 step is skipped by the scaler; keep it out of the meta-gradient too.
-                if self.meta is not None and self.precision.grads_finite(fast_generator.parameters()):
+                self.precision.drop_overflowed(optimizer)
+                if self.meta is not None:
                     self.meta.after_inner_backward(fast_generator)
                 self.precision.step(optimizer)
         if c.bn_mmt > 0:

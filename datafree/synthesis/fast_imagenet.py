@@ -31,7 +31,7 @@ from datafree.augment import horizontal_flip
 from datafree.hooks import hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, DeepGenerator
 
-from .base import PoolSynthesizer, register_synthesizer
+from .base import PoolSynthesizer, loss_report, register_synthesizer
 from .fast import FastInversionLoss, update_bn_momentum
 from .meta import FirstOrderMAML, Reptile
 
@@ -95,7 +95,8 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
         fast_generator = self.generator.clone()
         z = self.z.detach().clone().requires_grad_()
         optimizer = torch.optim.Adam([{"params": fast_generator.parameters()},
-                                      {"params": [z], "lr": c.lr_z}], lr=c.lr_g, betas=(0.5, 0.999))
+                                      {"params": [z], "lr": c.lr_z}], lr=c.lr_g, betas=(0.5, 0.999),
+                                      **self.precision.optimizer_options())
         self.meta.begin()
         with hooks_active(self.hooks):
             for _ in range(c.g_steps):
@@ -105,8 +106,8 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
                 optimizer.zero_grad(set_to_none=True)
                 self.precision.backward(loss, inputs=[z, *fast_generator.parameters()])
                 self.precision.unscale(optimizer)
-                if self.precision.grads_finite([z, *fast_generator.parameters()]):
-                    self.meta.after_inner_backward(fast_generator, z)
+                self.precision.drop_overflowed(optimizer)   # a skipped float16 step stays out of the meta-gradient
+                self.meta.after_inner_backward(fast_generator, z)
                 self.precision.step(optimizer)
         if c.bn_mmt > 0:
             update_bn_momentum(self.hooks)
@@ -114,7 +115,7 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
         self.student.train()
         images = images.detach().float()
         self.pool.add(images)
-        return {"images": images, "loss": loss.item(), **{f"loss_{k}": v.item() for k, v in terms.items()}}
+        return {"images": images, **loss_report(loss, terms)}
 
     def sample(self):
         with torch.no_grad():
@@ -128,9 +129,14 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.generator.load_state_dict(state["generator"])
-        self.z = state["z"].to(self.device).clone().requires_grad_()
-        self.targets = state["targets"].to(self.device)
-        self.meta = self.make_meta()
-        self.meta.load_state_dict(state["meta"])
+        if state["z"].shape[0] != self.batch_size:
+            # re-sharded for another process count: this process's share of the batch changed, so
+            # its latents (and the meta optimiser that holds their moments) start afresh, G is kept
+            self.new_latents()
+        else:
+            self.z = state["z"].to(self.device).clone().requires_grad_()
+            self.targets = state["targets"].to(self.device)
+            self.meta = self.make_meta()
+            self.meta.load_state_dict(state["meta"])
         for hook, hook_state in zip(self.hooks, state["bn_hooks"]):
             hook.load_state_dict({k: None if v is None else v.to(self.device) for k, v in hook_state.items()})

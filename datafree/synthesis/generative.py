@@ -23,7 +23,7 @@ from datafree.criterions import activation, class_balance, kldiv
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator
 
-from .base import BaseSynthesizer, register_synthesizer
+from .base import BaseSynthesizer, loss_report, register_synthesizer
 
 
 def l1_logits(student_logits, teacher_logits):
@@ -74,8 +74,7 @@ class GenerativeSynthesizer(BaseSynthesizer):
                 self.precision.backward(loss, inputs=list(self.generator.parameters()))
                 self.precision.step(self.optimizer)
         self.student.train()
-        return {"images": images.detach().float(), "loss": loss.item(),
-                **{f"loss_{k}": v.item() for k, v in terms.items()}}
+        return {"images": images.detach().float(), **loss_report(loss, terms)}
 
     @torch.no_grad()
     def sample(self):

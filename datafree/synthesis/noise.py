@@ -15,7 +15,7 @@ from .base import PoolSynthesizer, register_synthesizer
 
 @register_synthesizer("noise")
 class NoiseSynthesizer(PoolSynthesizer):
-    flags = frozenset()
+    flags = frozenset({"cmi_init"})
     tasks = frozenset({"classification", "segmentation"})
     distributed_ready = True   # no state shared between calls: each rank fills its own pool
 

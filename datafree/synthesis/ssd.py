@@ -27,7 +27,7 @@ from datafree.augment import Normalizer
 from datafree.criterions import kldiv_per_sample
 from datafree.pool import PrioritizedPool
 
-from .base import register_synthesizer
+from .base import pool_options, register_synthesizer
 from .fast import FastMetaSynthesizer
 
 BUFFER_SHARE = 0.1   # the paper's buffer: 10% of the original training set
@@ -73,8 +73,9 @@ class SSDSynthesizer(FastMetaSynthesizer):
         capacity = c.ssd_buffer_size or math.ceil(BUFFER_SHARE * (c.train_size or 0))
         if capacity < 1:
             raise ValueError("SSD-KD needs --ssd_buffer_size (the training-set size of this dataset is unknown)")
+        self.pool.close()
         self.pool = PrioritizedPool(device, capacity, alpha=c.ssd_alpha, replace=c.ssd_replace,
-                                    rule=c.ssd_replace_rule)
+                                    rule=c.ssd_replace_rule, **pool_options(c))
         self.normalizer = Normalizer(c.mean, c.std).to(device)
         self.total_calls = c.epochs * (c.ep_steps // c.kd_steps)
         self.drawn = None    # (indices, KD weights) of the batch the last sample() returned

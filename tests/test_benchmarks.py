@@ -1,0 +1,25 @@
+"""The benchmarks run (tiny sizes) and end with their one-line summary."""
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run_benchmark(name, *args):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", name), *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()
+
+
+def test_pool_scale_reports_persist_time_memory_and_checkpoint_size(tmp_path):
+    lines = run_benchmark("pool_scale.py", "--sizes", "16", "64", "--epochs", "2", "--workdir", str(tmp_path))
+    summary = re.fullmatch(r"pool_scale: persist_s ratio largest/smallest = ([\d.]+), rss ratio = ([\d.]+), "
+                           r"last.pth ratio = ([\d.]+)", lines[-1])
+    assert summary, lines[-1]
+    assert float(summary.group(3)) < 1.05        # last.pth does not hold the pool
+    rows = [line for line in lines if re.match(r"\s+\d", line)]
+    assert [int(r.split("|")[0].replace(",", "")) for r in rows] == [16, 64]
