@@ -18,19 +18,21 @@ import sys
 from types import SimpleNamespace
 
 import torch
-import yaml
 from torchvision.utils import make_grid, save_image
 
 import registry
 from datafree import distributed
 from datafree import run_state
-from datafree.checkpoint import record_epoch
-from datafree.engine import distill_steps, evaluate, now, resume_training
-from datafree.errors import CheckpointError, UsageError
+from datafree.checkpoint import (RUN_CHECKPOINT_ADVICE, load_checkpoint, missing_entries, record_epoch,
+                                 remove_stale_temporaries)
+from datafree.engine import distill_steps, evaluate, now, restore_training
+from datafree.errors import CheckpointError, NonFiniteError, UsageError
+from datafree.guard import MODES as GUARD_MODES
+from datafree.interrupt import StopSignals, finished_epochs, resume_hint
 from datafree.pool import REPLACE_RULES, STORAGES as POOL_STORAGES
 from datafree.precision import AUTO, MODES as PRECISIONS, Precision, resolve_mode
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer, require_task_support
-from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, run_cli, run_summary_info
+from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, read_config, run_cli, run_summary_info
 
 # Flags that belong to particular methods; setting one away from its default for a method
 # that ignores it is an error.
@@ -152,6 +154,10 @@ def build_parser():
                           "generator is cloned every call); the first epoch pays the compilation")
     run.add_argument("--dist_backend", default=None, choices=["nccl", "gloo"],
                      help="torchrun only: process-group backend (default: nccl on GPUs, gloo on the CPU)")
+    run.add_argument("--on_nonfinite", default="stop", choices=GUARD_MODES,
+                     help="a NaN or inf KD or synthesis loss: stop the run at once (exit status 3, last.pth stays the "
+                          "last good checkpoint), or skip that step and count it in the log (a run whose steps are "
+                          "all skipped for an epoch still stops); see README 'Faults and recovery'")
     run.add_argument("--seed", default=0, type=int)
     run.add_argument("--log_tag", default="")
     run.add_argument("-j", "--workers", default=0, type=int, help="loader workers for the test set")
@@ -164,15 +170,7 @@ def parse_args(argv=None):
     parser = build_parser()
     known, _ = parser.parse_known_args(argv)
     if known.config:
-        if not os.path.isfile(known.config):
-            raise UsageError(f"config file {known.config} does not exist")
-        with open(known.config) as f:
-            values = yaml.safe_load(f) or {}
-        valid = {a.dest for a in parser._actions}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise UsageError(f"{known.config}: unknown keys {', '.join(unknown)}; keys are flag names without '--'")
-        parser.set_defaults(**values)
+        parser.set_defaults(**read_config(parser, known.config))
     args = parser.parse_args(argv)
     check_args(args, parser)
     return args
@@ -296,8 +294,42 @@ def build_synthesizer(args, data, student, device):
     return teacher, synthesizer, config
 
 
+# Flags a resume must keep: they shape the saved state (models, image size, the SSD-KD buffer)
+# or what its counters mean (steps per round and per epoch). The method is checked first.
+RESUME_FIXED = ("dataset", "teacher", "student", "img_size", "synthesis_channels", "ssd_buffer_size", "kd_steps",
+                "ep_steps")
+
+
+def check_resume_settings(args, ckpt, path, data):
+    """Stop with one sentence if ``ckpt`` (read from ``path``) cannot continue with these flags."""
+    if "synthesizer" not in ckpt:
+        raise CheckpointError(f"{path} is not a datafree_kd.py run checkpoint; resume from its last.pth")
+    if ckpt.get("method") != args.method:
+        raise CheckpointError(f"{path} was written by method '{ckpt.get('method')}', not '{args.method}'; resume "
+                              f"with --method {ckpt.get('method')}, or start a new run with another --output")
+    saved = ckpt.get("args") or {}
+    for flag in RESUME_FIXED:
+        if flag not in saved:      # a checkpoint of an older version
+            continue
+        before, now_value = saved[flag], getattr(args, flag)
+        if flag == "img_size":     # left out: the data's width
+            before, now_value = before or data.image_shape[-1], now_value or data.image_shape[-1]
+        if before != now_value:
+            before, now_value = ("left out" if v is None else v for v in (before, now_value))
+            raise CheckpointError(f"{path} was written with --{flag} {before}; resume with the same setting "
+                                  f"(it shapes the saved state; this run has {now_value}), or start a new run "
+                                  f"with another --output")
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    with StopSignals() as stop:
+        return run_datafree(args, argv, stop)
+
+
+def run_datafree(args, argv, stop):
+    """The run of ``main``; ``stop`` (StopSignals) tells it when SIGINT or SIGTERM asked it to end."""
     device, resume_path = prepare_run(args, f"datafree-{args.method}", f"{args.dataset}-{args.teacher}-{args.student}")
     args.precision = resolve_mode(args.precision, device)
 
@@ -310,47 +342,50 @@ def main(argv=None):
     student = registry.get_model(args.student, num_classes, task=task).to(device)
     if args.evaluate_only:
         return evaluate_checkpoint(student, resume_path, args.student, val_loader, device, task)
+    ckpt = None
+    if resume_path:    # read and checked before any model is built
+        ckpt = load_checkpoint(resume_path, map_location=device, advice=RUN_CHECKPOINT_ADVICE)
+        check_resume_settings(args, ckpt, resume_path, data)
     teacher, synthesizer, config = build_synthesizer(args, data, student, device)
     distributed.seed_per_rank(args.seed)          # models are built alike; now each rank its own stream
     kd_student, kd_teacher = distributed.wrap_ddp(student, device), teacher
     if args.compile:
         kd_student, kd_teacher = torch.compile(kd_student), torch.compile(teacher)
-    precision = Precision(device, args.precision)
+    precision = Precision(device, args.precision, on_nonfinite=args.on_nonfinite)
     optimizer = torch.optim.SGD(student.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                                 **precision.optimizer_options())
     scheduler = build_scheduler(args, optimizer)
 
     run = {"epoch": 0, "best_acc1": 0.0, "synthesis_seconds": 0.0, "kd_seconds": 0.0, "wall_seconds": 0.0}
-    resharded = None
+    resharded = progress = None
     if resume_path:
-        ckpt = resume_training(resume_path, student, args.student, optimizer, scheduler, device)
-        if "synthesizer" not in ckpt:
-            raise CheckpointError(f"{resume_path} is not a datafree_kd.py run checkpoint; resume from its last.pth")
-        if ckpt.get("method") != args.method:
-            raise CheckpointError(f"{resume_path} was written by method '{ckpt.get('method')}', not '{args.method}'")
-        written = ckpt.get("args", {}).get("synthesis_channels")
-        if written != args.synthesis_channels:
-            raise CheckpointError(f"{resume_path} was written with --synthesis_channels {written or 'left out'}; "
-                                  f"resume with the same setting")
+        restore_training(ckpt, resume_path, student, args.student, optimizer, scheduler)
         resharded = run_state.restore(ckpt, resume_path, synthesizer, args.seed, device)
-        precision.load_state_dict(ckpt.get("precision"))
-        run.update({k: ckpt[k] for k in run})
+        with missing_entries(resume_path):
+            precision.load_state_dict(ckpt.get("precision"))
+            run.update({k: ckpt[k] for k in run})
+        progress = ckpt.get("progress")
     elif args.cmi_init:
         synthesizer.seed_pool(args.cmi_init)
-    if args.start_epoch is not None:
-        run["epoch"] = args.start_epoch
+    if args.start_epoch is not None and args.start_epoch != run["epoch"]:
+        run["epoch"], progress = args.start_epoch, None
+    leftovers = remove_leftovers(args.output) if distributed.is_main_process() else []
 
     logger = distributed.make_logger(args.output, f"datafree-{args.method}")
+    loop = EpochLoop(args, run, synthesizer, student, kd_teacher, optimizer, scheduler, precision, val_loader, device,
+                     logger, kd_student, stop=stop, resume=ResumeHint(argv, resume_path, progress))
     try:
         logger.args(args)
+        if leftovers:
+            logger.info(f"removed temporary files of a killed run: {', '.join(leftovers)}")
         if resume_path:
-            logger.info(f"resumed from {resume_path} at epoch {run['epoch']} (best {task.label} {run['best_acc1']:.2f})")
+            logger.info(f"resumed from {resume_path} at epoch {run['epoch']}{describe_progress(progress)} "
+                        f"(best {task.label} {run['best_acc1']:.2f})")
             if resharded:
                 logger.info(resharded)
         if hasattr(synthesizer, "pool"):
             logger.info(f"synthetic pool: {config.pool_storage} storage, shard {synthesizer.pool.path}")
-        train(args, run, synthesizer, student, kd_teacher, optimizer, scheduler, precision, val_loader, device, logger,
-              kd_student)
+        loop.run(progress)
         hours = run["synthesis_seconds"] / 3600
         logger.info(f"Best {task.label}: {run['best_acc1']:.2f}  synthesis cost: {hours:.4f} h "
                     f"({run['synthesis_seconds']:.1f} s)  KD: {run['kd_seconds']:.1f} s  "
@@ -364,6 +399,12 @@ def main(argv=None):
     return dict(run)
 
 
+def remove_leftovers(run_dir):
+    """The temporary files a killed process left in the run folder, removed (rank 0, at the start)."""
+    return [os.path.join(sub, name) if sub else name for sub in ("", run_state.RANK_DIR)
+            for name in remove_stale_temporaries(os.path.join(run_dir, sub))]
+
+
 def save_pool(pool, folder, logger):
     """Write the pool as PNG files: every process its own images, in parallel, numbered after
     the images of the lower ranks."""
@@ -373,44 +414,173 @@ def save_pool(pool, folder, logger):
     logger.info(f"wrote {sum(sizes)} pool images to {folder}")
 
 
-def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger,
-          kd_student=None):
-    """The epoch loop; ``kd_student`` is the student as trained (DistributedDataParallel under torchrun, compiled
-    with --compile), ``teacher`` the teacher of the KD steps."""
-    kd_student = student if kd_student is None else kd_student
-    rounds = args.ep_steps // args.kd_steps
-    summary_info = run_summary_info("datafree_kd", args, args.student)
-    task = synthesizer.task
-    sampling_is_synthesis = synthesizer.sampling_is_synthesis
-    warmup_stats = None
-    for epoch in range(run["epoch"], args.epochs):
-        epoch_start = now(device)
-        phase = dict.fromkeys(("synthesis", "kd", "eval", "output", "persist"), 0.0)
-        kd_loss, syn_out = float("nan"), None
-        for _ in range(rounds):
-            tic = now(device)
-            syn_out = synthesizer.synthesize()
-            phase["synthesis"] += now(device) - tic
-            if epoch >= args.warmup:
-                tic = now(device)
-                kd_loss, sample_seconds = distill_steps(synthesizer, kd_student, teacher, optimizer, precision,
-                                                        args.kd_steps)
-                kd_seconds = now(device) - tic
-                moved = sample_seconds if sampling_is_synthesis else 0.0
+def new_progress():
+    """Where the loop is inside an epoch: the round, whether its synthesis call is done, its KD
+    steps done, their summed loss, and the seconds and losses of the epoch so far. A save made
+    mid-epoch (a stop signal) stores it, and the resumed run continues from it."""
+    return {"round": 0, "synthesized": False, "kd_done": 0, "kd_loss_sum": 0.0, "kd_taken": 0, "kd_loss": float("nan"),
+            "seconds": 0.0, "phase": {"synthesis": 0.0, "kd": 0.0}, "losses": {}, "skipped": {}}
+
+
+def describe_progress(progress):
+    if not progress:
+        return ""
+    done = "its synthesis call and " if progress["synthesized"] else ""
+    return f", round {progress['round'] + 1}, after {done}{progress['kd_done']} KD steps of it"
+
+
+NOTHING_SAVED = "no checkpoint was written yet"
+
+
+class ResumeHint:
+    """What a stopped run tells the user: how to resume it, and which checkpoint is the last good one."""
+
+    def __init__(self, argv, resume_path, progress):
+        self.argv = argv
+        self.saved = (f"the last good checkpoint is {resume_path} (as resumed{describe_progress(progress)})"
+                      if resume_path else NOTHING_SAVED)
+
+    def command(self):
+        """The command that continues the run (the same one when nothing was saved yet)."""
+        script = sys.argv[0] if os.path.basename(sys.argv[0]) == "datafree_kd.py" else "datafree_kd.py"
+        return resume_hint(self.argv, script, resume=self.saved != NOTHING_SAVED)
+
+    def saved_at(self, path, epochs_done, progress=None):
+        point = f"epoch {epochs_done}{describe_progress(progress)}" if progress else finished_epochs(epochs_done)
+        self.saved = f"the last good checkpoint is {path} ({point})"
+
+
+class EpochLoop:
+    """The epoch loop of a data-free run. ``kd_student`` is the student as trained
+    (DistributedDataParallel under torchrun, compiled with --compile), ``teacher`` the teacher of
+    the KD steps. Each epoch runs ``ep_steps // kd_steps`` rounds of (one synthesis call, then
+    ``kd_steps`` KD steps; none during warmup), evaluates, and persists.
+
+    ``stop`` (StopSignals) is asked after every synthesis call, KD step and epoch: on a signal
+    the loop writes last.pth at that point (with the epoch's progress) and raises Interrupted.
+    A non-finite loss (NonFiniteError) is completed with where it happened and what was saved.
+    """
+
+    def __init__(self, args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device,
+                 logger, kd_student=None, stop=None, resume=None):
+        self.args, self.run_totals, self.synthesizer = args, run, synthesizer
+        self.student, self.teacher = student, teacher
+        self.kd_student = student if kd_student is None else kd_student   # not `or`: a compiled module has no truth value
+        self.optimizer, self.scheduler, self.precision = optimizer, scheduler, precision
+        self.val_loader, self.device, self.logger = val_loader, device, logger
+        self.stop, self.resume = stop, resume or ResumeHint([], None, None)
+        self.rounds = args.ep_steps // args.kd_steps
+        self.guards = {"kd": precision.guard, "synthesis": synthesizer.precision.guard}
+
+    def _stop_signal(self):
+        return self.stop.requested() if self.stop is not None else 0
+
+    def run(self, progress=None):
+        args, run = self.args, self.run_totals
+        if self._stop_signal():
+            raise self.stop.interrupted(f"it came before training started, so nothing new was written and "
+                                        f"{self.resume.saved}", resume=self.resume.command())
+        warmup_stats = None
+        for epoch in range(run["epoch"], args.epochs):
+            at = progress or new_progress()
+            progress = None
+            epoch_start = now(self.device) - at["seconds"]
+            for guard in self.guards.values():
+                guard.new_epoch()
+            try:
+                images = self.rounds_of(epoch, at, epoch_start)
+                at["skipped"] = {name: at["skipped"].get(name, 0) + guard.end_epoch()
+                                 for name, guard in self.guards.items()}
+            except NonFiniteError as err:
+                err.context = self.nonfinite_context(epoch, at)
+                raise
+            warmup_stats = self.end_epoch(epoch, at, images, epoch_start, warmup_stats)
+            if self._stop_signal() and epoch + 1 < args.epochs:
+                raise self.stop.interrupted(f"the run saved its {finished_epochs(epoch + 1)} in last.pth",
+                                            resume=self.resume.command())
+
+    def rounds_of(self, epoch, at, epoch_start):
+        """The rounds of ``epoch`` from ``at`` on; returns the images of the last synthesis call
+        (None if this process made none in the epoch)."""
+        args, phase, images = self.args, at["phase"], None
+        stop_check = (lambda: self._stop_signal() != 0) if self.stop is not None else None
+        while at["round"] < self.rounds:
+            number = at["round"] + 1
+            if not at["synthesized"]:
+                tic = now(self.device)
+                syn_out = self.synthesizer.synthesize()
+                phase["synthesis"] += now(self.device) - tic
+                images = syn_out["images"]
+                at.update(synthesized=True, losses={k: float(v) for k, v in syn_out.items() if k.startswith("loss")},
+                          kd_loss_sum=0.0, kd_taken=0)
+                self.maybe_stop(epoch, at, epoch_start, f"the synthesis call of round {number}")
+            if epoch >= args.warmup and at["kd_done"] < args.kd_steps:
+                tic = now(self.device)
+                kd = distill_steps(self.synthesizer, self.kd_student, self.teacher, self.optimizer, self.precision,
+                                   args.kd_steps - at["kd_done"], stop=stop_check)
+                kd_seconds = now(self.device) - tic
+                moved = kd.sample_seconds if self.synthesizer.sampling_is_synthesis else 0.0
                 phase["synthesis"] += moved
                 phase["kd"] += kd_seconds - moved
+                at.update(kd_done=at["kd_done"] + kd.done, kd_loss_sum=at["kd_loss_sum"] + kd.loss_sum,
+                          kd_taken=at["kd_taken"] + kd.taken)
+                at["kd_loss"] = at["kd_loss_sum"] / at["kd_taken"] if at["kd_taken"] else float("nan")
+                if at["kd_done"] < args.kd_steps:
+                    self.maybe_stop(epoch, at, epoch_start, f"KD step {at['kd_done']} of round {number}")
+            at.update(round=number, synthesized=False, kd_done=0)
+            if at["round"] < self.rounds:    # after the last round the epoch's end comes first
+                self.maybe_stop(epoch, at, epoch_start, f"round {number} of {self.rounds}")
+        return images
 
+    def maybe_stop(self, epoch, at, epoch_start, point):
+        """If a stop signal came: save this point of ``epoch`` in last.pth and raise Interrupted."""
+        if not self._stop_signal():
+            return
+        at["seconds"] = now(self.device) - epoch_start
+        at["skipped"] = {name: at["skipped"].get(name, 0) + guard.skipped for name, guard in self.guards.items()}
+        tag = f"round{at['round']}-{'s' if at['synthesized'] else ''}kd{at['kd_done']}"
+        self.persist(is_best=False, progress=at, tag=tag)
+        raise self.stop.interrupted(f"the run saved epoch {epoch} up to {point} in last.pth",
+                                    resume=self.resume.command())
+
+    def checkpoint(self, progress=None):
+        """The run's state for last.pth (``progress``: where in the next epoch, for a save mid-epoch)."""
+        args, run = self.args, self.run_totals
+        state = {"state_dict": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "precision": self.precision.state_dict(),
+                 "arch": args.student, "num_classes": self.synthesizer.config.num_classes, "dataset": args.dataset,
+                 "teacher": args.teacher, "method": args.method, "args": dict(vars(args)), **run}
+        if progress is not None:
+            state["progress"] = progress
+        return state
+
+    def persist(self, is_best, progress=None, tag=None):
+        state = self.checkpoint(progress)
+        best = {k: state[k] for k in ("state_dict", "arch", "num_classes", "dataset", "teacher", "method", "epoch",
+                                      "best_acc1", "args")} if is_best else None
+        run_state.persist(self.synthesizer, self.args.output, self.run_totals["epoch"], state, is_best, best, tag)
+        self.resume.saved_at(os.path.join(self.args.output, "last.pth"), self.run_totals["epoch"], progress)
+
+    def nonfinite_context(self, epoch, at):
+        advice = "" if self.args.on_nonfinite == "skip" else ", or rerun it with --on_nonfinite skip to skip such steps"
+        again = "start it again with" if self.resume.saved == NOTHING_SAVED else "resume from it with"
+        return (f" (epoch {epoch}, round {at['round'] + 1} of {self.rounds}); the run stopped before it reached a "
+                f"weight, the pool or a checkpoint, and {self.resume.saved}: {again} {self.resume.command()} "
+                f"(lower learning rates or another --seed may avoid it){advice}")
+
+    def end_epoch(self, epoch, at, images, epoch_start, warmup_stats):
+        """Evaluate, log, checkpoint; returns the evaluation a warm-up epoch can reuse."""
+        args, run, device, task = self.args, self.run_totals, self.device, self.synthesizer.task
+        phase = {**at["phase"], "eval": 0.0, "output": 0.0, "persist": 0.0}
         tic = now(device)
         if epoch < args.warmup and warmup_stats is not None:
             stats = warmup_stats   # no KD yet: the student is the one already evaluated in this warm-up
         else:
-            stats = evaluate(student, val_loader, device, task)
-        if epoch < args.warmup:
-            warmup_stats = stats
+            stats = evaluate(self.student, self.val_loader, device, task)
         phase["eval"] = now(device) - tic
-        lr = optimizer.param_groups[0]["lr"]
+        lr = self.optimizer.param_groups[0]["lr"]
         if epoch >= args.warmup:
-            scheduler.step()
+            self.scheduler.step()
 
         tic = now(device)
         is_best = stats[task.primary] > run["best_acc1"]
@@ -418,38 +588,36 @@ def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precis
         run["synthesis_seconds"] += phase["synthesis"]
         run["kd_seconds"] += phase["kd"]
         run["epoch"] = epoch + 1
-        if distributed.is_main_process():
-            grid = make_grid(syn_out["images"][:64].float().cpu(), nrow=8)
+        if distributed.is_main_process() and images is not None:
+            grid = make_grid(images[:64].float().cpu(), nrow=8)
             save_image(grid, os.path.join(args.output, "synthetic.png"))
-            logger.writer.add_image("synthetic", grid, epoch)
-        losses = {k: v for k, v in syn_out.items() if k.startswith("loss")}
-        logger.scalars(task.scalars(stats), epoch, "val/")
-        logger.scalars({"kd_loss": kd_loss, "lr": lr, **{f"{k}_seconds": v for k, v in phase.items()}},
-                       epoch, "train/")
-        logger.scalars(losses, epoch, "synthesis/")
+            self.logger.writer.add_image("synthetic", grid, epoch)
+        losses, kd_loss = at["losses"], at["kd_loss"]
+        skipped = {f"skipped_{name}_steps": n for name, n in at["skipped"].items()} if args.on_nonfinite == "skip" else {}
+        self.logger.scalars(task.scalars(stats), epoch, "val/")
+        self.logger.scalars({"kd_loss": kd_loss, "lr": lr, **skipped, **{f"{k}_seconds": v for k, v in phase.items()}},
+                            epoch, "train/")
+        self.logger.scalars(losses, epoch, "synthesis/")
         epoch_seconds = now(device) - epoch_start
         run["wall_seconds"] += epoch_seconds
         phase["output"] = now(device) - tic
 
         tic = now(device)
-        state = {"state_dict": student.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "precision": precision.state_dict(), "arch": args.student,
-                 "num_classes": synthesizer.config.num_classes, "dataset": args.dataset, "teacher": args.teacher,
-                 "method": args.method, "args": dict(vars(args)), **run}
-        best = {k: state[k] for k in ("state_dict", "arch", "num_classes", "dataset", "teacher", "method", "epoch",
-                                      "best_acc1", "args")} if is_best else None
-        run_state.persist(synthesizer, args.output, run["epoch"], state, is_best, best)
+        self.persist(is_best)
         phase["persist"] = now(device) - tic
         if distributed.is_main_process():
             record_epoch(args.output, epoch=epoch, epochs=args.epochs, acc1=stats[task.primary],
-                         epoch_seconds=epoch_seconds, info=summary_info, measured={
-                             "persist_seconds": phase["persist"], "peak_rss_mb": peak_rss_mb()},
+                         epoch_seconds=epoch_seconds, info=run_summary_info("datafree_kd", args, args.student),
+                         measured={"kd_loss": kd_loss, **losses, "persist_seconds": phase["persist"],
+                                   "peak_rss_mb": peak_rss_mb()},
                          synthesis_seconds=run["synthesis_seconds"], kd_seconds=run["kd_seconds"])
-        logger.info(
+        self.logger.info(
             f"[Eval] epoch={epoch} {task.describe(stats)} "
             f"best={run['best_acc1']:.2f} lr={lr:.4g} kd_loss={kd_loss:.4f} "
             + " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+            + "".join(f" {k}={v}" for k, v in skipped.items())
             + " | seconds: " + " ".join(f"{k}={v:.2f}" for k, v in phase.items()))
+        return stats if epoch < args.warmup else None
 
 
 if __name__ == "__main__":

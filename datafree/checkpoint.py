@@ -4,52 +4,135 @@ A training checkpoint is ``{'state_dict', 'epoch', 'best_acc1', 'optimizer', 'sc
 'arch', 'num_classes', ...}`` (the original release's format plus a few keys); a teacher
 file only needs ``state_dict``. Everything is loaded with ``weights_only=True``.
 """
+import contextlib
+import errno
+import io
 import json
 import os
 import pickle
+import re
 import shutil
 import zipfile
 
 import torch
 
-from datafree.errors import CheckpointError
+from datafree.errors import CheckpointError, DiskFullError
+
+# Temporary files are named NAME.tmp<pid> next to NAME.
+TMP_MARK = ".tmp"
+# What a user can do about an unreadable checkpoint of a training run (last.pth, a per-rank state file).
+RUN_CHECKPOINT_ADVICE = ("it cannot be resumed: restore the run folder from a backup, or start a new run with another "
+                         "--output (best.pth, if readable, still holds the best student)")
+
+
+# errno values that mean "no room for this write": a full file system, a quota, a file size limit.
+NO_SPACE = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EFBIG: "the file size limit is reached"}
+
+
+def no_space_error(err, path, intact):
+    """A DiskFullError for an OSError that says there is no room for ``path``, else None.
+    ``intact``: what the user still has (one clause)."""
+    if not isinstance(err, OSError) or err.errno not in NO_SPACE:
+        return None
+    return DiskFullError(f"could not write {path}: {NO_SPACE[err.errno]}; {intact}: free some space (or move the "
+                         f"run folder), then continue with --resume")
+
+
+@contextlib.contextmanager
+def replaced_atomically(path):
+    """Yield a temporary file name next to ``path``; the block writes it, then it is renamed over
+    ``path``. If anything fails (a full disk, a signal), the temporary file is removed and
+    ``path`` is left as it was."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}{TMP_MARK}{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        full = no_space_error(err, path, f"{os.path.basename(path)} was left as it was and no partial file remains")
+        if full is not None:
+            raise full from err
+        raise
+
+
+def _write_durably(tmp, data):
+    """Write ``data`` to ``tmp`` and make it durable (a full disk may only show at flush or fsync)."""
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_save(obj, path):
-    """Write ``obj`` to ``path`` through a temporary file, so a kill never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write ``obj`` to ``path`` through a temporary file, so a kill never leaves half a file.
+
+    The object is serialised in memory first: torch.save reports a failed write to a file as
+    an unrelated RuntimeError, while a plain write gives the OSError that names a full disk."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with replaced_atomically(path) as tmp:
+        _write_durably(tmp, buffer.getbuffer())
 
 
 def atomic_write_text(text, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        _write_durably(tmp, text.encode())
 
 
 def atomic_copy(src, dst):
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    tmp = f"{dst}.tmp{os.getpid()}"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with replaced_atomically(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def save_checkpoint(state, run_dir, is_best, best_state=None):
-    """Write ``run_dir/last.pth``; when ``is_best``, write ``best_state`` to ``run_dir/best.pth``
-    (or, without one, copy ``last.pth`` there)."""
+    """Write ``run_dir/last.pth``; when ``is_best``, first write ``best_state`` (or, without one,
+    ``state``) to ``run_dir/best.pth``.
+
+    best.pth comes first so that it is never older than the best accuracy last.pth claims: if
+    writing it fails, last.pth still describes the previous epoch, whose best.pth is in place."""
     last = os.path.join(run_dir, "last.pth")
-    atomic_save(state, last)
     if is_best:
-        best = os.path.join(run_dir, "best.pth")
-        if best_state is None:
-            atomic_copy(last, best)
-        else:
-            atomic_save(best_state, best)
+        atomic_save(state if best_state is None else best_state, os.path.join(run_dir, "best.pth"))
+    atomic_save(state, last)
     return last
+
+
+@contextlib.contextmanager
+def missing_entries(path):
+    """Turn a KeyError met while reading a checkpoint's contents into one sentence naming the file."""
+    try:
+        yield
+    except KeyError as err:
+        raise CheckpointError(f"{path} lacks the entry {err.args[0]!r} that resuming needs: it is incomplete or was "
+                              f"written by another version, so {RUN_CHECKPOINT_ADVICE}") from err
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files that killed processes left in ``folder`` (``NAME.tmp<pid>`` of a
+    process that no longer runs); returns their names."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in os.listdir(folder):
+        match = re.search(rf"{re.escape(TMP_MARK)}(\d+)$", name)
+        if match and not _process_alive(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, but another user's
+        return True
+    return True
 
 
 SUMMARY_FILE = "summary.json"
@@ -90,8 +173,9 @@ def record_epoch(run_dir, *, epoch, epochs, acc1, epoch_seconds, info=None, meas
     return summary
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint dict (tensors and plain containers only)."""
+def load_checkpoint(path, map_location="cpu", advice="download or create it again"):
+    """Load a checkpoint dict (tensors and plain containers only). ``advice``: what to do if the
+    file is unreadable (a teacher can be downloaded again; a run's last.pth cannot)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -99,7 +183,7 @@ def load_checkpoint(path, map_location="cpu"):
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}); "
-            f"it may be truncated or corrupt: download or create it again") from err
+            f"it may be truncated or corrupt; {advice}") from err
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt
@@ -143,9 +227,15 @@ def _classifier_keys(model):
 def load_weights(model, path, arch, map_location="cpu"):
     """Load model weights from ``path`` into ``model`` (registered as ``arch``); return the checkpoint."""
     ckpt = load_checkpoint(path, map_location)
+    put_weights(model, ckpt, path, arch)
+    return ckpt
+
+
+def put_weights(model, ckpt, path, arch):
+    """Load the weights of ``ckpt`` (a checkpoint dict read from ``path``) into ``model``, or stop
+    with one sentence if they do not fit."""
     state = extract_state_dict(ckpt)
     reason = mismatch_reason(model, state, arch, ckpt.get("arch"))
     if reason:
         raise CheckpointError(f"{path} does not fit model '{arch}': {reason}")
     model.load_state_dict(state)
-    return ckpt

@@ -128,14 +128,36 @@ def _reduce_device():
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def all_reduce_tensor(tensor):
-    """The sum of ``tensor`` over the ranks (a new tensor, same device and dtype); ``tensor``
-    itself in a single process. Streaming metrics sum their state with it (datafree/tasks.py)."""
+REDUCE_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}
+
+
+def all_reduce_tensor(tensor, op="sum"):
+    """The sum (or ``op`` "max" / "min") of ``tensor`` over the ranks (a new tensor, same device
+    and dtype); ``tensor`` itself in a single process. Streaming metrics sum their state with it
+    (datafree/tasks.py)."""
     if get_world_size() == 1:
         return tensor
     t = tensor.to(_reduce_device(), torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, REDUCE_OPS[op]))
     return t.to(tensor.device, tensor.dtype)
+
+
+def host_group():
+    """A process group whose collectives run on the CPU (gloo): the default group when it is
+    gloo, else a new one. Every rank must call it at the same point."""
+    if not is_distributed() or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
+
+
+def all_reduce_max_int(value, group=None):
+    """The largest of every rank's integer ``value``, reduced on the CPU over ``group`` (no
+    device sync); ``value`` itself in a single process."""
+    if get_world_size() == 1:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return int(t.item())
 
 
 def average_gradients(params):

@@ -39,7 +39,8 @@ class BNStatsHook:
                      + torch.norm(module.running_mean.float() - mean, 2))
 
     def update_momentum(self):
-        """Fold the statistics of the latest batch into the moving average."""
+        """Fold the statistics of the latest batch into the moving average (a non-finite
+        statistic leaves its average as it was: a skipped non-finite step must not poison it)."""
         if self._last is None:
             return
         mean, var = self._last
@@ -47,8 +48,8 @@ class BNStatsHook:
             self.ema_mean, self.ema_var = mean.clone(), var.clone()
         else:
             m = self.momentum
-            self.ema_mean = m * self.ema_mean + (1 - m) * mean
-            self.ema_var = m * self.ema_var + (1 - m) * var
+            self.ema_mean = _finite_or(m * self.ema_mean + (1 - m) * mean, self.ema_mean)
+            self.ema_var = _finite_or(m * self.ema_var + (1 - m) * var, self.ema_var)
 
     def state_dict(self):
         return {"ema_mean": self.ema_mean, "ema_var": self.ema_var}
@@ -58,6 +59,10 @@ class BNStatsHook:
 
     def remove(self):
         self._handle.remove()
+
+
+def _finite_or(new, old):
+    return torch.where(torch.isfinite(new), new, old)
 
 
 def register_bn_hooks(model, momentum=0.0):

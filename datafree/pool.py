@@ -22,6 +22,7 @@ Draws are shuffled passes without replacement (a new permutation for each pass, 
 whenever images are added, as the rebuilt loader did). The permutation is not stored: the
 state keeps the random-generator state it was drawn from, so a checkpoint stays small.
 """
+import contextlib
 import json
 import math
 import os
@@ -30,7 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from datafree.errors import CheckpointError
+from datafree.checkpoint import no_space_error
+from datafree.errors import CheckpointError, NonFiniteError
 
 STORAGES = ("memory", "disk")
 # Bulk copies (resume, re-shard, --cmi_init, export) go through host memory in pieces of about this size.
@@ -40,8 +42,12 @@ MANIFEST = "pool.json"
 
 
 def quantize(images):
-    """[0, 1] floats -> uint8 like saving to PNG: clamp, x255, truncate."""
-    return (images.detach().clamp(0, 1) * 255).to(torch.uint8)
+    """[0, 1] floats -> uint8 like saving to PNG: clamp, x255, truncate. Non-finite pixels stop
+    the run (a cast would turn them into arbitrary bytes); one host read per batch."""
+    images = images.detach()
+    if not bool(torch.isfinite(images).all()):
+        raise NonFiniteError("non-finite pixels in a batch about to enter the synthetic pool (nothing was added)")
+    return (images.clamp(0, 1) * 255).to(torch.uint8)
 
 
 class ShardFile:
@@ -83,9 +89,10 @@ class ShardFile:
         """Write a uint8 array or tensor (n, *shape) after the last row."""
         array = np.ascontiguousarray(images.numpy() if isinstance(images, torch.Tensor) else images)
         view, offset = memoryview(array).cast("B"), self.rows * self.row_bytes
-        while len(view):
-            written = os.pwrite(self._fd, view, offset)
-            view, offset = view[written:], offset + written
+        with self._no_space_as_one_sentence():
+            while len(view):
+                written = os.pwrite(self._fd, view, offset)
+                view, offset = view[written:], offset + written
         self.rows += len(array)
 
     def read_rows(self, rows, out):
@@ -110,7 +117,19 @@ class ShardFile:
 
     def sync(self):
         """Make the appended rows durable (called before a checkpoint records them)."""
-        os.fsync(self._fd)
+        with self._no_space_as_one_sentence():
+            os.fsync(self._fd)
+
+    @contextlib.contextmanager
+    def _no_space_as_one_sentence(self):
+        try:
+            yield
+        except OSError as err:
+            full = no_space_error(err, self.path, "the images past the last checkpoint are cut off when the run "
+                                                  "resumes, the rest is intact")
+            if full is None:
+                raise
+            raise full from err
 
     def close(self):
         if self._fd is not None:
@@ -613,8 +632,10 @@ class PrioritizedPool(ImagePool):
         return self.gather(index).float().div_(255), index, self.importance_weights(index, beta)
 
     def update_priorities(self, index, discrepancy):
-        """Refresh the priorities of drawn images with their latest discrepancy (repeats: last wins)."""
-        self.priority[index] = discrepancy.detach().float().abs().to(self.device) + self.eps
+        """Refresh the priorities of drawn images with their latest discrepancy (repeats: last wins);
+        a non-finite discrepancy keeps the image's old priority (the KD step's guard handles the loss)."""
+        fresh = discrepancy.detach().float().abs().to(self.device) + self.eps
+        self.priority[index] = torch.where(torch.isfinite(fresh), fresh, self.priority[index])
 
     def state_dict(self):
         return {**super().state_dict(), "priority": self.priority.cpu(), "weight": self.weight.cpu(),

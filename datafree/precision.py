@@ -14,10 +14,15 @@ Under float16 scaling the loops never wait for the device to learn whether a ste
 ``drop_overflowed`` uses the scaler's own device flag, and ``optimizer_options`` asks for fused
 optimizers, which take the scaler's overflow flag on the device (a plain optimizer makes
 ``GradScaler.step`` read it on the host every step).
+
+Each Precision also holds the loop's ``NonFiniteGuard`` (datafree/guard.py): ``backward``
+asks it whether the step may run, and ``step`` does nothing for a step it skipped.
 """
 import contextlib
 
 import torch
+
+from datafree.guard import NonFiniteGuard
 
 MODES = ("fp32", "fp16", "bf16")
 AUTO = "auto"
@@ -55,8 +60,9 @@ def resolve_mode(mode, device):
 
 
 class Precision:
-    def __init__(self, device, mode=False):
-        """``mode``: one of MODES or ``auto``, or a bool (True: ``fp16``, False: ``fp32``) as ``--fp16`` gives."""
+    def __init__(self, device, mode=False, on_nonfinite="stop", loop="KD"):
+        """``mode``: one of MODES or ``auto``, or a bool (True: ``fp16``, False: ``fp32``) as ``--fp16`` gives;
+        ``on_nonfinite`` ("stop" or "skip") and ``loop`` (its name in messages): the guard's settings."""
         if isinstance(mode, bool) or mode is None:
             mode = "fp16" if mode else "fp32"
         self.device = torch.device(device)
@@ -68,6 +74,8 @@ class Precision:
         cuda = self.device.type == "cuda"
         self.dtype = torch.float16 if mode == "fp16" and cuda else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=mode == "fp16" and cuda)
+        self.guard = NonFiniteGuard(self.device, on_nonfinite, loop, scaled=self.scaler.is_enabled())
+        self._skipping = False      # the guard refused the current step: no optimiser step follows
 
     def autocast(self):
         if not self.enabled:
@@ -79,9 +87,15 @@ class Precision:
         sync in ``GradScaler.step``), none otherwise."""
         return {"fused": True} if self.scaler.is_enabled() else {}
 
-    def backward(self, loss, inputs=None):
-        """Backward pass; ``inputs`` limits the gradients to those tensors (None: all leaves)."""
+    def backward(self, loss, inputs=None, terms=None):
+        """Backward pass, if the non-finite guard lets the step run; returns whether it did.
+        ``inputs`` limits the gradients to those tensors (None: all leaves); ``terms``: the loss's
+        named parts, for the guard's message."""
+        self._skipping = not self.guard.check(loss, terms)
+        if self._skipping:
+            return False
         self.scaler.scale(loss).backward(inputs=inputs)
+        return True
 
     def unscale(self, optimizer):
         """Bring the gradients back to their true scale (before reading or copying them)."""
@@ -94,20 +108,32 @@ class Precision:
         step out too. Done on the device with the flag ``unscale_`` recorded: no host sync."""
         if not self.scaler.is_enabled():
             return
-        found_inf = self.scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
-        if not found_inf:
+        overflowed = self._overflowed(optimizer)
+        if overflowed is None:
             raise RuntimeError("drop_overflowed(optimizer) needs unscale(optimizer) first")
-        overflowed = sum(flag.to(self.device) for flag in found_inf.values()) > 0
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
                     p.grad.masked_fill_(overflowed, 0.0)
 
     def step(self, *optimizers):
-        """Step every optimizer (skipped together on overflow), then update the scale."""
+        """Step every optimizer (skipped together on overflow), then update the scale; nothing
+        after a backward pass the guard skipped."""
+        if self._skipping:
+            self._skipping = False
+            return
         for optimizer in optimizers:
             self.scaler.step(optimizer)
+        if self.scaler.is_enabled():
+            self.guard.record_scaler_step(self._overflowed(optimizers[0]))
         self.scaler.update()
+
+    def _overflowed(self, optimizer):
+        """The device flag the scaler recorded for ``optimizer`` since its last update (None: none yet)."""
+        found_inf = self.scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
+        if not found_inf:
+            return None
+        return sum(flag.to(self.device) for flag in found_inf.values()) > 0
 
     def state_dict(self):
         return self.scaler.state_dict()

@@ -25,7 +25,7 @@ import re
 
 
 from datafree import distributed
-from datafree.checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from datafree.checkpoint import RUN_CHECKPOINT_ADVICE, atomic_save, load_checkpoint, missing_entries, save_checkpoint
 from datafree.errors import CheckpointError
 from datafree.utils.misc import rng_state, set_rng_state, set_seed
 
@@ -35,8 +35,10 @@ RANK_DIR = "ranks"
 AUTO_MEMORY_LIMIT = 2 * 2 ** 30
 
 
-def rank_file(rank, epoch):
-    return os.path.join(RANK_DIR, f"rank{rank}-epoch{epoch}.pth")
+def rank_file(rank, epoch, tag=None):
+    """Rank ``rank``'s state file at the end of ``epoch`` epochs, or within the next one (``tag``:
+    where, for a save made mid-epoch)."""
+    return os.path.join(RANK_DIR, f"rank{rank}-epoch{epoch}{'-' + tag if tag else ''}.pth")
 
 
 def pool_file(rank, generation=0):
@@ -56,20 +58,21 @@ def choose_pool_storage(requested, projected_bytes):
     return "disk" if projected_bytes > AUTO_MEMORY_LIMIT else "memory"
 
 
-def persist(synthesizer, run_dir, epoch, state, is_best, best_state):
+def persist(synthesizer, run_dir, epoch, state, is_best, best_state, tag=None):
     """Write the end of ``epoch``'s state (``epoch`` = epochs done): every rank its own part,
-    then rank 0 ``last.pth`` (``state`` plus its synthesizer) and, if ``is_best``, ``best.pth``."""
+    then rank 0 ``last.pth`` (``state`` plus its synthesizer) and, if ``is_best``, ``best.pth``.
+    A save in the middle of the next epoch (a stop signal) passes a ``tag`` naming the point."""
     rank, world = distributed.get_rank(), distributed.get_world_size()
     pool = getattr(synthesizer, "pool", None)
     if pool is not None:
         pool.sync()
     own = {"synthesizer": synthesizer.state_dict(), "rng": rng_state()}
     if rank > 0:
-        atomic_save(own, os.path.join(run_dir, rank_file(rank, epoch)))
+        atomic_save(own, os.path.join(run_dir, rank_file(rank, epoch, tag)))
     distributed.barrier()   # the rank files exist before last.pth names them
     if rank == 0:
         save_checkpoint({**state, **own, "world_size": world,
-                         "rank_files": [rank_file(k, epoch) for k in range(1, world)]},
+                         "rank_files": [rank_file(k, epoch, tag) for k in range(1, world)]},
                         run_dir, is_best, best_state)
     else:
         remove_stale_rank_files(run_dir, rank, keep_from=epoch - 1)
@@ -79,17 +82,18 @@ def remove_stale_rank_files(run_dir, rank, keep_from):
     """Delete this rank's state files of epochs before ``keep_from`` (no last.pth refers to them:
     rank 0 wrote the last.pth of epoch keep_from before this rank could finish the next epoch)."""
     for path in glob.glob(os.path.join(run_dir, RANK_DIR, f"rank{rank}-epoch*.pth")):
-        match = re.search(r"-epoch(\d+)\.pth$", path)
+        match = re.search(r"-epoch(\d+)(-[\w-]+)?\.pth$", path)
         if match and int(match.group(1)) < keep_from:
             os.remove(path)
 
 
 def _saved_rank_state(ckpt, path, rank, device):
-    """Rank ``rank``'s {'synthesizer', 'rng'} of the run checkpoint at ``path``."""
+    """Rank ``rank``'s {'synthesizer', 'rng', 'source'} of the run checkpoint at ``path`` (source:
+    the file it came from)."""
     if rank == 0:
-        return {"synthesizer": ckpt["synthesizer"], "rng": ckpt.get("rng")}
+        return {"synthesizer": ckpt["synthesizer"], "rng": ckpt.get("rng"), "source": path}
     if "rank_states" in ckpt:      # written before per-rank files: every state inside last.pth
-        return ckpt["rank_states"][rank - 1]
+        return {**ckpt["rank_states"][rank - 1], "source": path}
     files = ckpt.get("rank_files") or []
     if len(files) < rank:
         raise CheckpointError(f"{path} names no state file for process {rank}; it is incomplete: resume with the "
@@ -98,7 +102,9 @@ def _saved_rank_state(ckpt, path, rank, device):
     if not os.path.isfile(file):
         raise CheckpointError(f"{file} (process {rank}'s state, named by {path}) is missing; restore the run "
                               f"folder's {RANK_DIR}/ or start a new run")
-    return load_checkpoint(file, map_location=device)
+    state = load_checkpoint(file, map_location=device, advice=RUN_CHECKPOINT_ADVICE)
+    with missing_entries(file):
+        return {"synthesizer": state["synthesizer"], "rng": state["rng"], "source": file}
 
 
 def restore(ckpt, path, synthesizer, seed, device):
@@ -111,7 +117,8 @@ def restore(ckpt, path, synthesizer, seed, device):
     source_root = os.path.dirname(os.path.abspath(path))
     if saved_world == world:
         own = _saved_rank_state(ckpt, path, rank, device)
-        synthesizer.load_state_dict(_with_pool_source(own["synthesizer"], source_root))
+        with missing_entries(own["source"]):
+            synthesizer.load_state_dict(_with_pool_source(own["synthesizer"], source_root))
         if rank > 0:
             set_rng_state(own["rng"])
         return None
@@ -127,6 +134,15 @@ def _with_pool_source(state, source_root):
 def _reshard(ckpt, path, synthesizer, saved_world, seed, device, source_root):
     rank, world = distributed.get_rank(), distributed.get_world_size()
     states = [_saved_rank_state(ckpt, path, k, device) for k in range(saved_world)]
+    with missing_entries(path):
+        _reshard_into(synthesizer, path, states, saved_world, source_root)
+    set_seed(seed + 1000 * ckpt["epoch"] + rank)
+    return (f"re-sharded a run of {saved_world} process(es) for {world}: this process holds "
+            f"{len(synthesizer.pool) if hasattr(synthesizer, 'pool') else 0} pool images and a new random stream")
+
+
+def _reshard_into(synthesizer, path, states, saved_world, source_root):
+    rank, world = distributed.get_rank(), distributed.get_world_size()
     template = dict(states[rank % saved_world]["synthesizer"])
     pools = [s["synthesizer"].get("pool") for s in states]
     if pools[0] is not None:
@@ -147,6 +163,3 @@ def _reshard(ckpt, path, synthesizer, saved_world, seed, device, source_root):
         synthesizer.pool.sync()
     else:
         synthesizer.load_state_dict(template)
-    set_seed(seed + 1000 * ckpt["epoch"] + rank)
-    return (f"re-sharded a run of {saved_world} process(es) for {world}: this process holds "
-            f"{len(synthesizer.pool) if pools[0] is not None else 0} pool images and a new random stream")

@@ -18,7 +18,7 @@
 # Random weights throughout: costs, not accuracy. A step that fails is reported and the others
 # still run; the exit status is 1 if any failed. Everything printed is also written to
 # $OUT/gpu_check.txt when OUT is set, else to run/gpu_check/gpu_check.txt.
-# GPU_CHECK_SECONDS (default 360) bounds the whole check; step 3 gets what steps 1-2 left.
+# GPU_CHECK_SECONDS (default 360; 3600 with --cpu) bounds the whole check; step 3 gets what steps 1-2 left.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +40,7 @@ mkdir -p "$REPORT_DIR"
 REPORT="$REPORT_DIR/gpu_check.txt"
 : > "$REPORT"
 TOTAL=${GPU_CHECK_SECONDS:-360}
+[ "$MODE" = cpu ] && TOTAL=${GPU_CHECK_SECONDS:-3600}   # a correctness check: every setting runs, however slow the CPU
 START=$SECONDS
 FAILED=()
 
@@ -54,6 +55,8 @@ if [ "$MODE" = gpu ]; then
   FAST_IMAGENET=(--img_size 224 --batch_size 100 --g_steps 50)
   DEEPINV=(--img_size 224 --batch_size 64 --g_steps 20)
   MEGABYTES=256
+  SETTING_TIMEOUT=150
+  LIMIT_SCALE=1
 else
   DEVICE=cpu
   NPROC=${NPROC:-2}           # two gloo processes: a real all-reduce
@@ -65,13 +68,15 @@ else
   FAST_IMAGENET=(--img_size 32 --batch_size 2 --g_steps 2)
   DEEPINV=(--img_size 32 --batch_size 2 --g_steps 2)
   MEGABYTES=4
+  SETTING_TIMEOUT=600
+  LIMIT_SCALE=4               # a busy CPU must not fail the check on time
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi
 
 # step NAME SECONDS COMMAND...: run it (stopped after SECONDS), keep its output in the report,
 # remember a failure, go on.
 step() {
-  local name=$1 limit=$2
+  local name=$1 limit=$(($2 * LIMIT_SCALE))
   shift 2
   echo "== $name ($((SECONDS - START)) s elapsed)" | tee -a "$REPORT"
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$REPORT"
@@ -94,7 +99,7 @@ step "torchrun: NCCL/gloo all-reduce on $NPROC process(es)" 120 \
   --megabytes "$MEGABYTES"
 step "torchrun: datafree_kd.py, one epoch on $NPROC process(es)" 240 \
   python benchmarks/epoch_cost.py --preset cifar --device "$DEVICE" --nproc "$NPROC" --settings fp32 --epochs 1 \
-  --no_floor --test_size "$TEST_SIZE" --setting_timeout 240 --verbose -- "${KD_TINY[@]}"
+  --no_floor --test_size "$TEST_SIZE" --setting_timeout "$SETTING_TIMEOUT" --verbose -- "${KD_TINY[@]}"
 step "ImageNet: one fast_meta_imagenet call" 150 \
   python benchmarks/synthesis_call.py --method fast_meta_imagenet --student resnet18_imagenet --device "$DEVICE" \
   "${FAST_IMAGENET[@]}"
@@ -109,7 +114,7 @@ LEFT=$((TOTAL - (SECONDS - START) - 10))
 [ "$LEFT" -lt 60 ] && LEFT=60
 step "epoch cost: CIFAR-10 Fast-5, wrn40_2 -> wrn16_1 ($LEFT s budget)" $((LEFT + 60)) \
   python benchmarks/epoch_cost.py --preset cifar --device "$DEVICE" --epochs "$EPOCHS" --test_size "$TEST_SIZE" \
-  --budget "$LEFT" --setting_timeout 150 --count_syncs --verbose "${SETTINGS[@]}" "${COMPILE[@]}" \
+  --budget "$LEFT" --setting_timeout "$SETTING_TIMEOUT" --count_syncs --verbose "${SETTINGS[@]}" "${COMPILE[@]}" \
   --table "$REPORT_DIR/epoch_cost.txt" --json "$REPORT_DIR/epoch_cost.json" -- "${KD_TINY[@]}"
 
 echo "== done in $((SECONDS - START)) s; report: $REPORT" | tee -a "$REPORT"

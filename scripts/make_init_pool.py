@@ -68,6 +68,7 @@ def main(argv=None):
     data = datafree_kd.load_data(args)
     student = registry.get_model(args.student, data.num_classes, task=data.task).to(device)
     _, synthesizer, _ = datafree_kd.build_synthesizer(args, data, student, device)
+    synthesizer.precision.guard.agree = False   # each process makes its own share, in its own number of calls
     pool = synthesizer.pool
 
     progress_path = progress_file(args.output, rank)

@@ -6,9 +6,11 @@ Registers ``probe_gn`` (in its own processes only), a small student without Batc
 data-parallel KD step over two half batches must equal one step over the whole batch. Each
 rank writes PROBE_DIR/rank{R}.pt with, for every round: the generator after the synthesis
 call, the KD batches it drew, and the student before and after the KD steps; and the
-number of checkpoints it wrote itself.
+number of checkpoints it wrote itself, and its exit status. With PROBE_SIGTERM=R,N in the
+environment, rank R sends itself SIGTERM during its N-th KD step (the other ranks get none).
 """
 import os
+import signal
 import sys
 
 import torch
@@ -42,17 +44,22 @@ def main():
     from datafree import run_state
 
     probe_dir, argv = sys.argv[1], sys.argv[2:]
-    record = {"rounds": [], "saves": 0}
+    record = {"rounds": [], "saves": 0, "kd_steps": 0, "exit": 0}
+    rank = int(os.environ.get("RANK", "0"))
+    signal_rank, signal_step = (int(v) for v in os.environ.get("PROBE_SIGTERM", "-1,0").split(","))
     real_distill, real_save = datafree_kd.distill_steps, run_state.save_checkpoint
 
     def clone_state(module):
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
-    def distill_steps(synthesizer, student, teacher, optimizer, precision, steps):
+    def distill_steps(synthesizer, student, teacher, optimizer, precision, steps, **options):
         module = getattr(student, "module", student)
         batches, real_sample = [], synthesizer.sample
 
         def sample():
+            record["kd_steps"] += 1
+            if rank == signal_rank and record["kd_steps"] == signal_step:
+                os.kill(os.getpid(), signal.SIGTERM)
             images = real_sample()
             batches.append(images.detach().clone())
             return images
@@ -60,7 +67,7 @@ def main():
         entry = {"generator": clone_state(synthesizer.generator), "before": clone_state(module)}
         synthesizer.sample = sample
         try:
-            out = real_distill(synthesizer, student, teacher, optimizer, precision, steps)
+            out = real_distill(synthesizer, student, teacher, optimizer, precision, steps, **options)
         finally:
             del synthesizer.sample
         entry.update(batches=batches, after=clone_state(module))
@@ -74,6 +81,9 @@ def main():
     datafree_kd.distill_steps, run_state.save_checkpoint = distill_steps, save_checkpoint
     try:
         datafree_kd.run_cli(datafree_kd.main, argv)
+    except SystemExit as stop:
+        record["exit"] = stop.code
+        raise
     finally:
         os.makedirs(probe_dir, exist_ok=True)
         record["rank"] = int(os.environ.get("RANK", "0"))      # the process group is gone by now

@@ -1,5 +1,6 @@
 """datafree_kd.py end to end on the offline digits data with tiny budgets."""
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -242,3 +243,20 @@ def test_save_pool_and_cmi_init(teacher_file, in_tmp_cwd):
     assert len(files) == 11
     back = torch.from_numpy(np.array(Image.open(os.path.join("pool_png", files[-1]))))
     assert torch.equal(back.permute(2, 0, 1), pool[-1])
+
+
+def test_plot_run_draws_curves_and_the_pool_per_class(teacher_file, in_tmp_cwd):
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import plot_run
+    from PIL import Image
+
+    datafree_kd.main(["--method", "fast_meta", *TINY, "--warmup", "1", "--output", "run"])
+    history = json.load(open("run/summary.json"))["history"]
+    assert {"kd_loss", "loss", "loss_bn", "loss_oh"} <= set(history[1]) and history[1]["kd_loss"] > 0
+    plot_run.main(["run", "--per_class", "4"])
+    assert Image.open("run/curves.png").size[0] > 0
+    # one row per class (10), 4 images of 32 + 1 px padding per row and column
+    assert Image.open("run/pool_by_class.png").size == (4 * 33 + 1, 10 * 33 + 1)
+    os.remove(str(teacher_file))                      # no teacher: the newest images, no classes
+    plot_run.main(["run", "--per_class", "4", "--out_dir", "plain"])
+    assert Image.open("plain/pool_by_class.png").size == (4 * 33 + 1, 4 * 33 + 1)

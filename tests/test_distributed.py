@@ -29,11 +29,12 @@ PROBE_FLAGS = ["--method", "fast_meta", "--dataset", "digits", "--teacher", "res
 RUN = "checkpoints/datafree-fast_meta/digits-resnet8-probe_gn"
 
 
-def torchrun(args, cwd, nproc=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+def torchrun(args, cwd, nproc=2, check=True, env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    if check:
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
 
 
@@ -137,6 +138,28 @@ def test_torchrun_fast_meta_matches_one_process_and_resumes(teacher_file, in_tmp
         assert torch.allclose(a["ema_mean"], b["ema_mean"]) and torch.allclose(a["ema_var"], b["ema_var"])
     assert "resumed from" in open(f"{RUN}/log.txt").read()
     assert sorted(os.listdir(f"{RUN}/ranks")) == ["rank1-epoch1.pth", "rank1-epoch2.pth"]
+
+
+def test_torchrun_ranks_agree_to_stop_on_a_signal_that_reached_one_of_them(teacher_file, in_tmp_cwd):
+    """SIGTERM reaches rank 1 only, in its third KD step: both ranks stop after that step, save that
+    point (each its own part) and exit 143; the same command with --resume finishes the run."""
+    proc = torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe", *PROBE_FLAGS, "--epochs", "2"], in_tmp_cwd,
+                    check=False, env={"PROBE_SIGTERM": "1,3"})
+    ranks = [torch.load(f"probe/rank{r}.pt", weights_only=False) for r in range(2)]
+    assert [r["exit"] for r in ranks] == [143, 143], proc.stderr[-3000:]
+    assert [r["kd_steps"] for r in ranks] == [3, 3]          # the same step on both
+    err = proc.stderr
+    assert err.count("stopped: SIGTERM received; the run saved epoch 1 up to round 1 of 2 in last.pth") == 1
+    assert "the same torchrun command with --resume added" in err
+    ckpt = load_checkpoint(f"{RUN}/last.pth")
+    assert ckpt["epoch"] == 1 and (ckpt["progress"]["round"], ckpt["progress"]["kd_done"]) == (1, 0)
+    assert ckpt["rank_files"] == ["ranks/rank1-epoch1-round1-kd0.pth"] and os.path.isfile(f"{RUN}/ranks/rank1-epoch1-round1-kd0.pth")
+    torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe2", *PROBE_FLAGS, "--epochs", "2", "--resume"],
+             in_tmp_cwd)
+    resumed = [torch.load(f"probe2/rank{r}.pt", weights_only=False) for r in range(2)]
+    assert [r["kd_steps"] for r in resumed] == [1, 1]        # the one KD step left
+    assert load_checkpoint(f"{RUN}/last.pth")["epoch"] == 2
+    assert len(pool_images(RUN, 0)) == len(pool_images(RUN, 1)) == 2 * 2 * 8   # each call's images once
 
 
 def test_torchrun_train_scratch(in_tmp_cwd):

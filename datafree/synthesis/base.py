@@ -12,7 +12,7 @@ import torch
 
 from datafree import distributed
 from datafree.datasets.folder import iter_image_batches
-from datafree.errors import UsageError
+from datafree.errors import NonFiniteError, UsageError
 from datafree.pool import MANIFEST, ImagePool, read_manifest
 from datafree.precision import Precision
 from datafree.tasks import build_task
@@ -60,7 +60,8 @@ class BaseSynthesizer:
         self.synthesis_channels = getattr(config, "synthesis_channels", None) or config.nc
         self.batch_size = config.synthesis_batch_size or config.batch_size
         self.sample_batch_size = config.batch_size
-        self.precision = Precision(device, getattr(config, "precision", None) or config.fp16)
+        self.precision = Precision(device, getattr(config, "precision", None) or config.fp16,
+                                   on_nonfinite=getattr(config, "on_nonfinite", None) or "stop", loop="synthesis")
         self.calls = 0
 
     def synthesize(self):
@@ -132,23 +133,37 @@ class PoolSynthesizer(BaseSynthesizer):
 
 
 class BestBatch:
-    """The lowest-loss step of an optimisation, tracked on the device (no host sync per step)."""
+    """The lowest-loss step of an optimisation, tracked on the device (no host sync per step).
+
+    A step whose loss is not finite is never the best; ``values`` stops the run (NonFiniteError)
+    when no step was finite, so that no NaN batch reaches the pool."""
 
     def __init__(self, device):
         self.loss = torch.full((), float("inf"), device=device)
-        self.values = None
+        self._values = None
+        self._checked = False
 
     @torch.no_grad()
     def update(self, loss, **values):
-        """Keep copies of ``values`` (tensors) if ``loss`` is the lowest so far."""
+        """Keep copies of ``values`` (tensors) if ``loss`` is finite and the lowest so far."""
         loss = loss.detach().float()
-        better = loss < self.loss
+        better = torch.isfinite(loss) & (loss < self.loss)
         self.loss = torch.where(better, loss, self.loss)
         values = {k: v.detach().float() for k, v in values.items()}
-        if self.values is None:  # a copy: the tensors may keep changing in place (DeepInversion's pixels)
-            self.values = {k: v.clone() for k, v in values.items()}
+        if self._values is None:  # a copy: the tensors may keep changing in place (DeepInversion's pixels)
+            self._values = {k: v.clone() for k, v in values.items()}
         else:
-            self.values = {k: torch.where(better, v, self.values[k]) for k, v in values.items()}
+            self._values = {k: torch.where(better, v, self._values[k]) for k, v in values.items()}
+        self._checked = False
+
+    @property
+    def values(self):
+        """The kept tensors of the best step (one host read, to check that a step was finite)."""
+        if not self._checked:
+            if self._values is None or not bool(torch.isfinite(self.loss)):
+                raise NonFiniteError("no step of the synthesis call had a finite loss, so it made no batch for the pool")
+            self._checked = True
+        return self._values
 
     def report(self):
         """Loss terms of the best step as floats (one host sync), prefixed 'loss'."""

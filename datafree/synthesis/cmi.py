@@ -164,8 +164,10 @@ class CMISynthesizer(PoolSynthesizer):
             best.update(loss, images=images, **features, **{f"term_{k}": v for k, v in terms.items()})
             optimizer.zero_grad(set_to_none=True)
             self.head_optimizer.zero_grad(set_to_none=True)
-            self.precision.backward(loss, inputs=[z, *self.generator.parameters(), *self.head.parameters()])
+            self.precision.backward(loss, inputs=[z, *self.generator.parameters(), *self.head.parameters()],
+                                    terms=terms)
             self.precision.step(optimizer, self.head_optimizer)
+        self.precision.guard.flush()   # before the best batch reaches the pool and the bank
         self.student.train()
         self.pool.add(best.values["images"])
         if "features" in best.values:

@@ -81,10 +81,11 @@ class DeepInversionSynthesizer(PoolSynthesizer):
                             + c.tv * terms["tv"] + c.l2 * terms["l2"])
                 best.update(loss, pixels=pixels, **{f"term_{k}": v for k, v in terms.items()})
                 optimizer.zero_grad(set_to_none=True)
-                self.precision.backward(loss, inputs=[pixels])
+                self.precision.backward(loss, inputs=[pixels], terms=terms)
                 self.precision.step(optimizer)
                 with torch.no_grad():
                     pixels.copy_(torch.maximum(torch.minimum(pixels, high), low))
+        self.precision.guard.flush()   # before the best batch reaches the pool
         self.student.train()
         images = self.normalizer.denormalize(repeat_channels(best.values["pixels"], c.nc)).clamp(0, 1)
         self.pool.add(images)

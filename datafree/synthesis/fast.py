@@ -112,13 +112,14 @@ class FastSynthesizer(FastInversionLoss, PoolSynthesizer):
                     loss, terms = self.inversion_loss(images, targets)
                 best.update(loss, images=images, **{f"term_{k}": v for k, v in terms.items()})
                 optimizer.zero_grad(set_to_none=True)
-                self.precision.backward(loss, inputs=[z, *fast_generator.parameters()])
+                self.precision.backward(loss, inputs=[z, *fast_generator.parameters()], terms=terms)
                 self.precision.unscale(optimizer)
                 # An overflowed float16 step is skipped by the scaler; keep it out of the meta-gradient too.
                 self.precision.drop_overflowed(optimizer)
                 if self.meta is not None:
                     self.meta.after_inner_backward(fast_generator)
                 self.precision.step(optimizer)
+        self.precision.guard.flush()   # before the call's results reach G, the BN targets or the pool
         if c.bn_mmt > 0:
             update_bn_momentum(self.hooks)
         if self.meta is not None:

@@ -104,11 +104,12 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
                     images = fast_generator(z)
                     loss, terms = self.inversion_loss(images, targets)
                 optimizer.zero_grad(set_to_none=True)
-                self.precision.backward(loss, inputs=[z, *fast_generator.parameters()])
+                self.precision.backward(loss, inputs=[z, *fast_generator.parameters()], terms=terms)
                 self.precision.unscale(optimizer)
                 self.precision.drop_overflowed(optimizer)   # a skipped float16 step stays out of the meta-gradient
                 self.meta.after_inner_backward(fast_generator, z)
                 self.precision.step(optimizer)
+        self.precision.guard.flush()   # before the call's results reach G, z, the BN targets or the pool
         if c.bn_mmt > 0:
             update_bn_momentum(self.hooks)
         self.meta.finish(fast_generator, z)

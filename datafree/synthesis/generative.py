@@ -71,8 +71,9 @@ class GenerativeSynthesizer(BaseSynthesizer):
                     images = self.generator(z)
                     loss, terms = self.losses(self.normalizer(images))
                 self.optimizer.zero_grad(set_to_none=True)
-                self.precision.backward(loss, inputs=list(self.generator.parameters()))
+                self.precision.backward(loss, inputs=list(self.generator.parameters()), terms=terms)
                 self.precision.step(self.optimizer)
+        self.precision.guard.flush()
         self.student.train()
         return {"images": images.detach().float(), **loss_report(loss, terms)}
 

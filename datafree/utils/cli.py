@@ -1,13 +1,16 @@
-"""Command-line pieces shared by the entry scripts: flags, run folders, loaders, error exit."""
+"""Command-line pieces shared by the entry scripts: flags, config files, run folders, loaders, error exit."""
+import argparse
 import os
 import sys
 
 import torch
+import yaml
 
 from datafree import distributed
 from datafree.checkpoint import load_weights
 from datafree.engine import evaluate, fit, resume_training
-from datafree.errors import CheckpointError, UsageError
+from datafree.errors import CheckpointError, RunStopped, UsageError
+from datafree.interrupt import StopSignals
 from datafree.tasks import Classification
 from datafree.utils.misc import select_device, set_seed
 
@@ -135,13 +138,67 @@ def load_teacher(model, path, dataset, arch, device):
     return model.to(device).eval()
 
 
+def read_config(parser, path):
+    """The flag values of the YAML file ``path``, each checked and converted exactly as the same
+    value on the command line would be (its type, its choices; a flag without a value takes
+    true or false), as a dict of defaults for ``parser``."""
+    if not os.path.isfile(path):
+        raise UsageError(f"config file {path} does not exist")
+    with open(path) as f:
+        try:
+            values = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise UsageError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise UsageError(f"{path} must map flag names to values, one per line (e.g. 'epochs: 200')")
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    unknown = sorted(str(key) for key in set(values) - set(actions))
+    if unknown:
+        raise UsageError(f"{path}: unknown keys {', '.join(unknown)}; keys are flag names without '--'")
+    return {key: config_value(path, key, value, actions[key]) for key, value in values.items()}
+
+
+def config_value(path, key, value, action):
+    """One config value converted as argparse converts the same value given to the flag."""
+    flag = f"--{key}" if f"--{key}" in action.option_strings else action.option_strings[-1]
+    where = f"{path}: {key}: {value!r}"
+    if action.nargs == 0:   # a flag without a value (store_true)
+        if not isinstance(value, bool):
+            raise UsageError(f"{where} is not true or false; {flag} takes no value on the command line, so write "
+                             f"'{key}: true' to set it or leave the key out")
+        return action.const if value else action.default
+    if value is None:
+        if action.default is None:
+            return None
+        raise UsageError(f"{where} is empty; give {key} a value or leave the key out")
+    if isinstance(value, (bool, list, dict)):
+        raise UsageError(f"{where} is not a value {flag} takes on the command line; write it as you would there")
+    token = str(value)
+    try:
+        converted = action.type(token) if action.type else token
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        kind = getattr(action.type, "__name__", "value")
+        raise UsageError(f"{where} is not a valid {kind}, as '{flag} {token}' is not on the command line; "
+                         f"write it as you would there") from None
+    if action.choices is not None and converted not in action.choices:
+        raise UsageError(f"{where} is not one of the choices of {flag}: {', '.join(map(str, action.choices))}")
+    return converted
+
+
 def run_cli(main, argv=None):
-    """Run ``main(argv)``; print a user error as one line and exit with status 2."""
+    """Run ``main(argv)``; print a user error as one line and exit with status 2, and a run that
+    stopped on purpose (datafree.errors.RunStopped) as one line with its own exit status."""
+    script = os.path.basename(sys.argv[0])
     try:
         return main(argv)
     except UsageError as err:
-        print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
+        print(f"{script}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except RunStopped as err:
+        if distributed.is_main_process() or not err.agreed:   # every rank stops the same way: rank 0 says it
+            print(f"{script}: stopped: {err}", file=sys.stderr)
+        sys.exit(err.exit_status)
     finally:
         distributed.cleanup()
 
@@ -181,10 +238,11 @@ def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_
         logger.args(args)
         if resume_path:
             logger.info(f"resumed from {resume_path} at epoch {start_epoch} (best {task.label} {best_acc1:.2f})")
-        best_acc1 = fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device,
-                        epochs=args.epochs, run_dir=args.output, logger=logger, start_epoch=start_epoch,
-                        best_acc1=best_acc1, checkpoint_extra=checkpoint_extra, print_freq=args.print_freq,
-                        summary_info=run_summary_info(run_name, args, arch), task=task)
+        with StopSignals() as stop:
+            best_acc1 = fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device,
+                            epochs=args.epochs, run_dir=args.output, logger=logger, start_epoch=start_epoch,
+                            best_acc1=best_acc1, checkpoint_extra=checkpoint_extra, print_freq=args.print_freq,
+                            summary_info=run_summary_info(run_name, args, arch), task=task, stop=stop)
         logger.info(f"Best {task.label}: {best_acc1:.2f}  (run folder: {args.output})")
     finally:
         logger.close()
