@@ -3,9 +3,8 @@
 
 For each method, the two implementations run one after the other (``--parallel``: at the same
 time), one thread each, on the same teacher file, the same digits split and the same budget:
-the original through the harness
-of ``../shared/upstream_bench`` (``run_upstream.py``, which runs the original's own
-synthesizers and a copy of its KD loop on the CPU), ours through ``datafree_kd.py``. The budget
+the original through the harness of ``../shared/upstream_bench`` (``run_upstream.py``, which
+runs the original's own synthesizers and a copy of its KD loop on the CPU), ours through ``datafree_kd.py``. The budget
 of each method is the harness's own scaling of the original's published script
 (``run_upstream.scale_config``), so both sides get the same numbers; our flags are derived
 from it here. The result is a Markdown table (best top-1, the gap, seconds per epoch and their
@@ -13,13 +12,13 @@ ratio) and the accuracy of every epoch of both sides. Seconds per epoch are the 
 each side's whole process (``os.wait4``: start-up, synthesis, KD and evaluation) over its
 epochs, which the load of a shared machine hardly moves, so the ratio holds whatever else runs.
 
-    python benchmarks/side_by_side.py --upstream /path/to/Fast-Datafree \\
-        --teacher_ckpt checkpoints/pretrained/digits_wrn16_2.pth --out docs/side_by_side.md
+    /work/bin/lane python benchmarks/side_by_side.py --upstream /path/to/Fast-Datafree --out table.md
 
 A finished side is kept and skipped when the same command runs again (stop it at any time);
-``--rerun`` runs the selected methods anew (``--rerun ours``: only our side, e.g. after a fix). ``--ours_args`` / ``--original_args`` add flags
-to one side only (a one-change measurement), ``--ours_root`` runs another checkout of this
-project (e.g. a worktree at an older commit); give each such variant its own ``--tag``.
+``--rerun`` runs the selected methods anew (``--rerun ours``: only our side, e.g. after a
+fix). ``--ours_args`` / ``--original_args`` add flags to one side only (a one-change
+measurement), ``--ours_root`` runs another checkout of this project (e.g. a copy with one
+change); give each such variant its own ``--tag``.
 """
 import argparse
 import json
@@ -294,6 +293,7 @@ def main(argv=None):
 
     rows = [run_pair(m, a) for m in methods]
     table = markdown(rows, a)
+    os.makedirs(os.path.join(a.workdir, a.tag), exist_ok=True)
     with open(os.path.join(a.workdir, a.tag, f"results-seed{a.seed}.json"), "w") as f:
         json.dump(rows, f, indent=1)
     if a.out:
