@@ -53,6 +53,7 @@ SEGMENTATION_MODEL_DICT = Registry('segmentation model')
 DATASET_DICT = Registry('dataset')
 DATASET_NUM_CLASSES = {}
 DATASET_TASKS = {}   # name -> (task name, task options), see datafree/tasks.py
+DATASET_HFLIP = {}   # name -> whether a horizontal flip keeps an image's class (augmentations follow it)
 DATASET_TRAIN_SIZES = {}   # name -> images in the training split, where declared (no need to read it)
 
 # torchvision's ImageNet weights for the ImageNet models (same state-dict layout as ours).
@@ -73,13 +74,17 @@ def register_model(name, imagenet=False, segmentation=False):
     return (IMAGENET_MODEL_DICT if imagenet else MODEL_DICT).register(name)
 
 
-def register_dataset(name, num_classes, mean, std, task='classification', train_size=None, **task_options):
+def register_dataset(name, num_classes, mean, std, task='classification', train_size=None, hflip=True,
+                     **task_options):
     """Decorator: register ``fn(data_root, download=False) -> (train_set, val_set)``.
 
     ``task`` names the datafree.tasks task ('classification' or 'segmentation'); extra
     keywords (e.g. ``ignore_index=255``) are passed to it. ``train_size`` (optional) is the
     number of training images, which data-free runs then know without touching the training
-    split (SSD-KD's default buffer is a tenth of it).
+    split (SSD-KD's default buffer is a tenth of it). ``hflip`` declares whether a mirrored
+    image is still a valid image of its class (natural images: yes; digits and letters: no);
+    the training transform of the built-in datasets and every synthesis and KD augmentation
+    flip horizontally only where it is true.
     """
     def add(builder):
         DATASET_DICT.register(name, builder)
@@ -87,6 +92,7 @@ def register_dataset(name, num_classes, mean, std, task='classification', train_
         if train_size is not None:
             DATASET_TRAIN_SIZES[name] = train_size
         DATASET_TASKS[name] = (task, task_options)
+        DATASET_HFLIP[name] = bool(hflip)
         NORMALIZE_DICT[name] = dict(mean=tuple(mean), std=tuple(std))
         return builder
     return add
@@ -105,7 +111,13 @@ def get_task(dataset):
     """The task object (datafree.tasks) of a registered dataset: losses, metric, synthesis pieces."""
     DATASET_DICT.lookup(dataset)   # an unknown name fails here, listing the valid ones
     task, options = DATASET_TASKS.get(dataset, ('classification', {}))
-    return build_task(task, DATASET_NUM_CLASSES[dataset], **options)
+    return build_task(task, DATASET_NUM_CLASSES[dataset], hflip=flips_valid(dataset), **options)
+
+
+def flips_valid(dataset):
+    """Whether ``dataset`` was registered with ``hflip=True`` (mirrored images keep their class)."""
+    DATASET_DICT.lookup(dataset)
+    return DATASET_HFLIP.get(dataset, True)
 
 
 def train_size(name, train_set=None):
@@ -245,7 +257,8 @@ def _transforms(name, train_ops=(), val_ops=()):
 
 
 def _cifar_style(name, size=32, padding=4):
-    return _transforms(name, train_ops=[T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip()])
+    flip = [T.RandomHorizontalFlip()] if flips_valid(name) else []
+    return _transforms(name, train_ops=[T.RandomCrop(size, padding=padding), *flip])
 
 
 def _require(path, what, how):
@@ -261,7 +274,8 @@ def _torchvision_set(cls, name, root, download, marker, **split_kwargs):
     return cls(root, download=download, **split_kwargs)
 
 
-@register_dataset('digits', num_classes=10, mean=DIGITS_MEAN, std=DIGITS_STD)
+# Digits are not mirror-symmetric (a mirrored 2, 3 or 7 is no digit), hence hflip=False.
+@register_dataset('digits', num_classes=10, mean=DIGITS_MEAN, std=DIGITS_STD, hflip=False)
 def _digits(data_root, download=False):
     train_tf, val_tf = _cifar_style('digits')
     return Digits(train=True, transform=train_tf), Digits(train=False, transform=val_tf)
@@ -282,7 +296,8 @@ register_dataset('cifar100', num_classes=100, train_size=50000, **NORMALIZE_DICT
     _cifar(datasets.CIFAR100, 'cifar100', 'CIFAR-100', 'cifar-100-python'))
 
 
-@register_dataset('svhn', num_classes=10, train_size=73257, **NORMALIZE_DICT['svhn'])
+@register_dataset('svhn', num_classes=10, train_size=73257, hflip=False,   # house numbers: digits too
+                  **NORMALIZE_DICT['svhn'])
 def _svhn(data_root, download=False):
     root = os.path.join(data_root, 'torchdata')
     tf, _ = _transforms('svhn')
@@ -292,7 +307,7 @@ def _svhn(data_root, download=False):
                              split='test', transform=tf))
 
 
-@register_dataset('mnist', num_classes=10, train_size=60000, **NORMALIZE_DICT['mnist'])
+@register_dataset('mnist', num_classes=10, train_size=60000, hflip=False, **NORMALIZE_DICT['mnist'])
 def _mnist(data_root, download=False):
     # 32x32 and 3 identical channels, so every classifier of the zoo accepts it.
     root = os.path.join(data_root, 'torchdata')

@@ -2,6 +2,7 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from kornia import augmentation as K
 
 
 class Normalizer(nn.Module):
@@ -32,17 +33,19 @@ def repeat_channels(images, channels):
 
 class RandomCropFlip(nn.Module):
     """A random ``size`` crop of the images zero-padded by ``padding`` on each side, mirrored left-right
-    with probability 1/2: torchvision's / kornia's RandomCrop(size, padding) + RandomHorizontalFlip.
+    with probability 1/2 if ``hflip`` (the dataset's declaration that flips keep the class):
+    torchvision's / kornia's RandomCrop(size, padding) [+ RandomHorizontalFlip].
 
     Every draw is made on the images' device and the crop is one gather, so a batch never waits
     for the host (kornia draws its parameters on the CPU and copies them over, a host sync per
     call on a GPU). Differentiable: gradients reach the uncropped pixels.
     """
 
-    def __init__(self, size, padding=4):
+    def __init__(self, size, padding=4, hflip=True):
         super().__init__()
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.padding = padding
+        self.hflip = hflip
 
     def draw(self, n, height, width, device):
         """Per image: top and left corner of the crop in the padded image, and whether to flip."""
@@ -52,7 +55,7 @@ class RandomCropFlip(nn.Module):
         top = torch.randint(0, rows + 1, (n,), device=device)
         left = torch.randint(0, cols + 1, (n,), device=device)
         flip = torch.rand(n, device=device) < 0.5
-        return top, left, flip
+        return top, left, flip & self.hflip
 
     def crop(self, images, top, left, flip):
         """The crops at ``top``/``left`` of the padded images, flipped where ``flip``."""
@@ -70,6 +73,13 @@ class RandomCropFlip(nn.Module):
         return self.crop(images, *self.draw(images.shape[0], *images.shape[-2:], images.device))
 
 
-def crop_flip_normalize(img_size, mean, std, padding=4):
-    """Random crop with zero padding, horizontal flip, then normalisation: images in [0, 1] -> model input."""
-    return nn.Sequential(RandomCropFlip(img_size, padding), Normalizer(mean, std))
+def horizontal_flip(hflip=True):
+    """For kornia pipelines: a random horizontal flip (p = 0.5) where flips keep the class (``hflip``),
+    else the identity."""
+    return K.RandomHorizontalFlip() if hflip else nn.Identity()
+
+
+def crop_flip_normalize(img_size, mean, std, padding=4, hflip=True):
+    """Random crop with zero padding, a horizontal flip if ``hflip`` (the dataset's declaration),
+    then normalisation: images in [0, 1] -> model input."""
+    return nn.Sequential(RandomCropFlip(img_size, padding, hflip), Normalizer(mean, std))

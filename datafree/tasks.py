@@ -10,7 +10,8 @@ The scripts and synthesizers never branch on the task: they ask its object for
 - ``inversion_targets(n, device)`` and ``one_hot_loss(teacher_logits, targets, weights=None)``: the "oh" term
   of synthesis: cross-entropy to random class labels for classification; for segmentation,
   where no label map can be drawn, cross-entropy to the teacher's own per-pixel argmax;
-- ``synthesis_augmentation(img_size, mean, std)``: device-side augmentation of synthetic images;
+- ``synthesis_augmentation(img_size, mean, std)``: device-side augmentation of synthetic images,
+  with a horizontal flip only where the dataset declares flips valid (``hflip``);
 - ``make_generator(nz, ngf, img_size, nc, out_channels)``: the generator architecture for synthesis;
 - ``metric()``: a streaming metric whose state is one tensor (``reduce(fn)`` sums it across
   processes, e.g. ``fn = torch.distributed.all_reduce``);
@@ -25,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from kornia import augmentation as K
 
-from datafree.augment import Normalizer, crop_flip_normalize
+from datafree.augment import Normalizer, crop_flip_normalize, horizontal_flip
 from datafree.criterions import adversarial_kl, kldiv
 from datafree.models.generator import DeepGenerator, Generator
 from datafree.utils.registry import Registry
@@ -133,8 +134,11 @@ class Task:
     primary = None    # key of compute()'s dict that picks the best checkpoint
     label = None      # how the primary number is named in logs
 
-    def __init__(self, num_classes):
+    def __init__(self, num_classes, hflip=True):
         self.num_classes = num_classes
+        # Whether the data is mirror-symmetric (the dataset's declaration, registry.register_dataset):
+        # every augmentation of synthetic images flips horizontally only if it is.
+        self.hflip = hflip
 
     def prepare(self, logits, targets):
         """Bring a model's output to the targets' layout (identity unless a task needs more)."""
@@ -191,7 +195,7 @@ class Classification(Task):
         return (weights * F.cross_entropy(teacher_logits, targets, reduction="none")).mean()
 
     def synthesis_augmentation(self, img_size, mean, std):
-        return crop_flip_normalize(img_size, mean, std)
+        return crop_flip_normalize(img_size, mean, std, hflip=self.hflip)
 
     def make_generator(self, nz, ngf, img_size, nc, out_channels=None):
         return Generator(nz=nz, ngf=ngf, img_size=img_size, nc=nc, out_channels=out_channels)
@@ -206,11 +210,11 @@ class Segmentation(Task):
 
     name, primary, label = "segmentation", "miou", "mIoU"
     # Synthetic images are re-labelled by the teacher at every use, so any geometric
-    # augmentation is safe: a random resized crop (half to all of the area) and a flip.
+    # augmentation is safe: a random resized crop (half to all of the area) and a flip (where valid).
     CROP_SCALE = (0.5, 1.0)
 
-    def __init__(self, num_classes, ignore_index=255):
-        super().__init__(num_classes)
+    def __init__(self, num_classes, ignore_index=255, hflip=True):
+        super().__init__(num_classes, hflip)
         self.ignore_index = ignore_index
 
     def prepare(self, logits, targets):
@@ -236,7 +240,7 @@ class Segmentation(Task):
     def synthesis_augmentation(self, img_size, mean, std):
         return nn.Sequential(
             K.RandomResizedCrop(size=(img_size, img_size), scale=self.CROP_SCALE),
-            K.RandomHorizontalFlip(),
+            horizontal_flip(self.hflip),
             Normalizer(mean, std),
         )
 

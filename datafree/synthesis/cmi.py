@@ -7,7 +7,8 @@ one-hot + masked adversarial KL, no warmup) plus ``cr`` times a contrastive term
 - instance features: the per-channel spatial means of the inputs of every teacher
   BatchNorm2d (of the four residual stages for a ResNet-34 teacher), concatenated;
 - two views of each image: global (crop with padding 4 + flip) and local (random resized
-  crop, scale 0.25-1, + flip), both normalised;
+  crop, scale 0.25-1, + flip), both normalised; the flips only where the dataset declares
+  them valid (not for digits or MNIST);
 - an MLP head (D -> D -> 256, L2-normalised output) trained alongside (Adam, lr_g);
 - InfoNCE at temperature ``cr_T`` between projected local features (queries) and projected
   global features (keys, detached), over the batch and up to 4,096 (local, global) pairs
@@ -20,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from kornia import augmentation as K
 
+from datafree.augment import horizontal_flip
 from datafree.criterions import adversarial_kl, info_nce
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator, reinitialize
@@ -111,7 +113,7 @@ class CMISynthesizer(PoolSynthesizer):
         self.bank = MemoryBank(BANK_SIZE, 2 * dim, device)
         self.local_aug = nn.Sequential(
             K.RandomResizedCrop(size=(c.img_size, c.img_size), scale=(0.25, 1.0)),
-            K.RandomHorizontalFlip(),
+            horizontal_flip(self.task.hflip),
             self.aug[-1],
         )
 

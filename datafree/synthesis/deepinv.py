@@ -2,7 +2,8 @@
 
 Each call starts a batch from Gaussian noise (in normalised space) with sorted random
 labels and takes ``g_steps`` Adam steps (betas 0.5, 0.99) on the pixels, each on a randomly
-rolled (up to 1/8 of the size) and flipped view, minimising
+rolled (up to 1/8 of the size) and flipped view (flipped only where the dataset declares
+flips valid), minimising
 
     bn * (teacher BN loss - 0.001 * student BN loss) + oh * CE(teacher, y)
   + adv * -JS(student, teacher at T=3) + tv * total variation + l2 * ||x||_2.
@@ -25,12 +26,13 @@ ADV_TEMPERATURE = 3.0
 STUDENT_BN_WEIGHT = 0.001
 
 
-def jitter_and_flip(images):
-    """Roll by a random offset of up to 1/8 of each side, and flip horizontally half the time."""
+def jitter_and_flip(images, hflip=True):
+    """Roll by a random offset of up to 1/8 of each side, and flip horizontally half the time
+    if ``hflip`` (the dataset declares flips valid)."""
     lim_h, lim_w = int(images.shape[-2] * JITTER_FRACTION), int(images.shape[-1] * JITTER_FRACTION)
     dh, dw = torch.randint(-lim_h, lim_h + 1, ()).item(), torch.randint(-lim_w, lim_w + 1, ()).item()
     images = torch.roll(images, shifts=(dh, dw), dims=(2, 3))
-    if torch.rand(()) < 0.5:
+    if hflip and torch.rand(()) < 0.5:
         images = torch.flip(images, dims=(3,))
     return images
 
@@ -64,7 +66,7 @@ class DeepInversionSynthesizer(PoolSynthesizer):
         with hooks_active(self.teacher_hooks + self.student_hooks):
             for _ in range(c.g_steps):
                 with self.precision.autocast():
-                    view = repeat_channels(jitter_and_flip(pixels), c.nc)
+                    view = repeat_channels(jitter_and_flip(pixels, self.task.hflip), c.nc)
                     t_out = self.teacher(view)
                     terms = {"oh": self.task.one_hot_loss(t_out, targets)}
                     if c.adv > 0:

@@ -16,7 +16,8 @@ What differs from ``fast_meta`` (fast.py):
   latent (drawn with z, and again at each re-initialisation);
 - synthesis augmentation: random resized crop (scale 0.75-1) + horizontal flip; the KD batches
   drawn from the pool get ImageNet's training augmentation (random resized crop, scale
-  0.08-1, + flip), as the original's pool loader did with the dataset's transform;
+  0.08-1, + flip), as the original's pool loader did with the dataset's transform (both flip
+  only where the dataset declares flips valid);
 - the images of the last inner step join the pool (the original's choice, not the best step).
 
 Under torchrun each rank owns its share of the synthesis batch: its own z, targets and pool;
@@ -26,6 +27,7 @@ import torch
 import torch.nn as nn
 from kornia import augmentation as K
 
+from datafree.augment import horizontal_flip
 from datafree.hooks import hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, DeepGenerator
 
@@ -39,9 +41,9 @@ KD_CROP_SCALE = (0.08, 1.0)
 REPTILE_SCALE = 1.0
 
 
-def resized_crop_flip_normalize(img_size, scale, normalizer):
+def resized_crop_flip_normalize(img_size, scale, normalizer, hflip=True):
     return nn.Sequential(K.RandomResizedCrop(size=(img_size, img_size), scale=scale),
-                         K.RandomHorizontalFlip(), normalizer)
+                         horizontal_flip(hflip), normalizer)
 
 
 @register_synthesizer("fast_meta_imagenet")
@@ -56,8 +58,8 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
         if c.img_size % 16:
             raise ValueError(f"fast_meta_imagenet needs an image size divisible by 16, not {c.img_size}")
         normalizer = self.aug[-1]
-        self.kd_aug = resized_crop_flip_normalize(c.img_size, KD_CROP_SCALE, normalizer).to(device)
-        self.aug = resized_crop_flip_normalize(c.img_size, SYNTHESIS_CROP_SCALE, normalizer).to(device)
+        self.kd_aug = resized_crop_flip_normalize(c.img_size, KD_CROP_SCALE, normalizer, self.task.hflip).to(device)
+        self.aug = resized_crop_flip_normalize(c.img_size, SYNTHESIS_CROP_SCALE, normalizer, self.task.hflip).to(device)
         self.generator = DeepGenerator(nz=DEFAULT_NZ, ngf=DEFAULT_NGF, img_size=c.img_size, nc=self.synthesis_channels,
                                        out_channels=c.nc).to(device)
         self.generator.train()
