@@ -132,7 +132,7 @@ def load_teacher(model, path, dataset, arch, device):
     if not os.path.isfile(path):
         raise CheckpointError(
             f"teacher checkpoint {path} not found; download the original release's teachers into "
-            f"checkpoints/pretrained/ (see README), or train one with: python train_scratch.py "
+            f"checkpoints/pretrained/ (see docs/teachers-and-data.md), or train one with: python train_scratch.py "
             f"--model {arch} --dataset {dataset}")
     load_weights(model, path, arch)
     return model.to(device).eval()
