@@ -344,7 +344,7 @@ NYUV2_BASE_SIZE, NYUV2_CROP_SIZE, NYUV2_SCALE = 256, 128, (0.5, 2.0)
 def _nyuv2(data_root, download=False):
     if download:
         raise UsageError("NYUv2 cannot be downloaded by this project; put it in place as docs/segmentation.md says "
-                         "(section Segmentation) and drop --download")
+                         "and drop --download")
     root = os.path.join(data_root, 'NYUv2')
     train_tf, val_tf = segmentation_transforms(**NORMALIZE_DICT['nyuv2'], crop_size=NYUV2_CROP_SIZE,
                                                base_size=NYUV2_BASE_SIZE, scale=NYUV2_SCALE)
