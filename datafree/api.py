@@ -49,7 +49,8 @@ def distill(teacher, student, method="fast_meta", *, input_shape, mean, std, num
     summary: ``best_acc1`` and ``acc1`` (last epoch) of the measure named in ``metric``,
     ``history`` (one dict per epoch: acc1, kd_loss, synthesis loss terms, seconds),
     ``synthesis_seconds``, ``kd_seconds``, ``wall_seconds``, ``epochs``, ``method``, ``output``
-    (None when the folder was temporary). The returned student is the one after the last epoch.
+    (None when the folder was temporary). The returned student is the one after the last epoch,
+    in eval mode.
     """
     import datafree_kd   # the flat entry script holds the data-free run; imported when first used
     from datafree.utils.cli import config_values, read_config
@@ -117,7 +118,7 @@ def distill(teacher, student, method="fast_meta", *, input_shape, mean, std, num
                           else "top-1 agreement with the teacher on synthetic batches"),
                "history": history, "synthesis_seconds": run["synthesis_seconds"], "kd_seconds": run["kd_seconds"],
                "wall_seconds": run["wall_seconds"], "output": output}
-    return student, summary
+    return student.eval(), summary
 
 
 def check_inputs(teacher, input_shape, mean, std, num_classes, method, bn):
