@@ -9,7 +9,7 @@ synthesis cost in hours, as the paper does, beside the total wall time.
     python datafree_kd.py --method fast_meta --dataset cifar10 --teacher wrn40_2 --student wrn16_1 \\
         --batch_size 256 --lr 0.2 --kd_steps 400 --ep_steps 400 --adv 1.1 --bn 10.0 --oh 0.4 --T 20 \\
         --bn_mmt 0.9 --warmup 20 --epochs 220 --g_steps 5 --lr_z 0.01 --lr_g 3e-3 --is_maml 1 --reset_l0 1
-    torchrun --nproc_per_node=8 datafree_kd.py --method fast_meta_imagenet ...   # several GPUs, see README
+    torchrun --nproc_per_node=8 datafree_kd.py --method fast_meta_imagenet ...   # several GPUs, see docs/imagenet-and-torchrun.md
 """
 import argparse
 import os
@@ -157,7 +157,7 @@ def build_parser():
     run.add_argument("--on_nonfinite", default="stop", choices=GUARD_MODES,
                      help="a NaN or inf KD or synthesis loss: stop the run at once (exit status 3, last.pth stays the "
                           "last good checkpoint), or skip that step and count it in the log (a run whose steps are "
-                          "all skipped for an epoch still stops); see README 'Faults and recovery'")
+                          "all skipped for an epoch still stops); see docs/faults-and-recovery.md")
     run.add_argument("--seed", default=0, type=int)
     run.add_argument("--log_tag", default="")
     run.add_argument("-j", "--workers", default=0, type=int, help="loader workers for the test set")
