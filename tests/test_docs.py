@@ -131,14 +131,19 @@ def import_script(relpath):
     return sys.modules[name]
 
 
-def parse_entry(script, argv):
-    """The namespace the entry script's own parser (and flag checks) makes of ``argv``."""
+def parse_entry(script, argv, cwd):
+    """The namespace the entry script's own parser (and flag checks) makes of ``argv``, run from ``cwd``."""
     module = import_script(script)
-    if script == "datafree_kd.py":
-        return module.parse_args(argv)
-    if script == "scripts/make_init_pool.py":
-        return module.parse(argv)[1]
-    return module.build_parser().parse_args(argv)
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        if script == "datafree_kd.py":
+            return module.parse_args(argv)
+        if script == "scripts/make_init_pool.py":
+            return module.parse(argv)[1]
+        return module.build_parser().parse_args(argv)
+    finally:
+        os.chdir(before)
 
 
 class Sandbox:
@@ -208,7 +213,7 @@ def check_python(sandbox, env, argv, parse_only=False):
     if script in COVERED_ELSEWHERE:
         assert "usage:" in sandbox.run([sys.executable, script, "--help"], env)
     elif script in ENTRY_SCRIPTS:
-        args = parse_entry(script, rest)
+        args = parse_entry(script, rest, sandbox.root)
         if parse_only or script not in TINY or args.dataset not in OFFLINE_DATASETS:
             return
         if getattr(args, "teacher", None) and not getattr(args, "evaluate_only", False):
