@@ -118,7 +118,7 @@ def build_parser():
                     help="teacher checkpoint (default: checkpoints/pretrained/{dataset}_{teacher}.pth)")
     kd.add_argument("--dataset", default="cifar100", choices=registry.dataset_names(),
                     help="task whose test split evaluates the student (its training data is not used)")
-    kd.add_argument("--data_root", default="./data")
+    kd.add_argument("--data_root", default="data", help="root folder of the datasets (default: %(default)s)")
     kd.add_argument("--download", action="store_true", help="let torchvision download the test data")
     kd.add_argument("--lr", default=0.1, type=float, help="student learning rate (cosine to 2e-4)")
     kd.add_argument("--lr_decay_milestones", default="", metavar="E1,E2,...",
