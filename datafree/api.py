@@ -71,7 +71,8 @@ def distill(teacher, student, method="fast_meta", *, input_shape, mean, std, num
         raise UsageError(f"unknown method '{method}'; choose one of: {', '.join(sorted(datafree_kd.SYNTHESIZERS))}")
     args = parser.parse_args(["--method", method])
     normalization = check_inputs(teacher, input_shape, mean, std, num_classes, method, args.bn)
-    datafree_kd.check_args(args, parser, normalization)
+    # compared with the flags' own defaults: a setting for another method is refused, wherever it came from
+    datafree_kd.check_args(args, datafree_kd.build_parser(), normalization)
     args.dataset, args.teacher, args.student = "custom", type(teacher).__name__, type(student).__name__
 
     from datafree import distributed
