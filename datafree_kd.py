@@ -9,7 +9,7 @@ synthesis cost in hours, as the paper does, beside the total wall time.
     python datafree_kd.py --method fast_meta --dataset cifar10 --teacher wrn40_2 --student wrn16_1 \\
         --batch_size 256 --lr 0.2 --kd_steps 400 --ep_steps 400 --adv 1.1 --bn 10.0 --oh 0.4 --T 20 \\
         --bn_mmt 0.9 --warmup 20 --epochs 220 --g_steps 5 --lr_z 0.01 --lr_g 3e-3 --is_maml 1 --reset_l0 1
-    torchrun --nproc_per_node=8 datafree_kd.py --method fast_meta_imagenet ...   # several GPUs, see README
+    torchrun --nproc_per_node=8 datafree_kd.py --method fast_meta_imagenet ...   # several GPUs, see docs/imagenet-and-torchrun.md
 """
 import argparse
 import os
@@ -142,7 +142,7 @@ def build_parser():
                     help="teacher checkpoint (default: checkpoints/pretrained/{dataset}_{teacher}.pth)")
     kd.add_argument("--dataset", default="cifar100", choices=registry.dataset_names(),
                     help="task whose test split evaluates the student (its training data is not used)")
-    kd.add_argument("--data_root", default="./data")
+    kd.add_argument("--data_root", default="data", help="root folder of the datasets (default: %(default)s)")
     kd.add_argument("--download", action="store_true", help="let torchvision download the test data")
     kd.add_argument("--lr", default=0.1, type=float, help="student learning rate (cosine to 2e-4)")
     kd.add_argument("--lr_decay_milestones", default="", metavar="E1,E2,...",
@@ -181,7 +181,7 @@ def build_parser():
     run.add_argument("--on_nonfinite", default="stop", choices=GUARD_MODES,
                      help="a NaN or inf KD or synthesis loss: stop the run at once (exit status 3, last.pth stays the "
                           "last good checkpoint), or skip that step and count it in the log (a run whose steps are "
-                          "all skipped for an epoch still stops); see README 'Faults and recovery'")
+                          "all skipped for an epoch still stops); see docs/faults-and-recovery.md")
     run.add_argument("--seed", default=0, type=int)
     run.add_argument("--log_tag", default="")
     run.add_argument("-j", "--workers", default=0, type=int, help="loader workers for the test set")
@@ -200,7 +200,9 @@ def parse_args(argv=None):
     return args
 
 
-def check_args(args, parser):
+def check_args(args, parser, normalization=None):
+    """Stop with one sentence on an impossible flag combination. ``normalization`` ({'mean', 'std'})
+    is the data's, by default --dataset's registered one."""
     if args.method is None:
         raise UsageError(f"--method is required; choose one of: {', '.join(sorted(SYNTHESIZERS))}")
     if args.method not in SYNTHESIZERS:
@@ -224,18 +226,18 @@ def check_args(args, parser):
         raise UsageError(f"--fp16 means --precision fp16, which contradicts --precision {args.precision}; drop one")
     args.precision = args.precision or ("fp16" if args.fp16 else "fp32")
     milestones(args)
-    check_synthesis_channels(args)
+    check_synthesis_channels(args, normalization or registry.NORMALIZE_DICT[args.dataset])
     if distributed.launched_by_torchrun() and not SYNTHESIZERS[args.method].distributed_ready:
         ready = sorted(name for name, cls in SYNTHESIZERS.items() if cls.distributed_ready)
         raise UsageError(f"method '{args.method}' cannot run under torchrun yet (its generator would drift apart "
                          f"between the processes); run it in one process, or use one of: {', '.join(ready)}")
 
 
-def check_synthesis_channels(args):
-    """--synthesis_channels is the data's channel count, or 1 where every channel has the same statistics."""
+def check_synthesis_channels(args, stats):
+    """--synthesis_channels is the data's channel count (that of ``stats['mean']``), or 1 where every
+    channel has the same statistics."""
     if args.synthesis_channels is None:
         return
-    stats = registry.NORMALIZE_DICT[args.dataset]
     data_channels = len(stats["mean"])
     if args.synthesis_channels not in (1, data_channels):
         raise UsageError(f"--synthesis_channels {args.synthesis_channels} must be 1 (grayscale synthesis) or the "
@@ -268,13 +270,14 @@ def build_scheduler(args, optimizer):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs - args.warmup, eta_min=2e-4)
 
 
-def synthesizer_config(args, num_classes, image_shape, train_size=None, task=None):
+def synthesizer_config(args, num_classes, image_shape, train_size=None, task=None, normalization=None):
     """The synthesizer's view of the run; batch sizes are this process's share under torchrun.
-    The pool's shard is OUTPUT/pool/rank{k}.u8; ``pool_storage`` is resolved from ``auto``."""
+    The pool's shard is OUTPUT/pool/rank{k}.u8; ``pool_storage`` is resolved from ``auto``.
+    ``normalization`` ({'mean', 'std'}): the data's, by default --dataset's registered one."""
     img_size = args.img_size or image_shape[-1]
     values = {**vars(args), "img_size": img_size}
     config = SimpleNamespace(**values, num_classes=num_classes, nc=image_shape[0], train_size=train_size, task=task,
-                             **registry.NORMALIZE_DICT[args.dataset])
+                             **(normalization or registry.NORMALIZE_DICT[args.dataset]))
     config.batch_size = distributed.per_process(args.batch_size)
     config.synthesis_batch_size = distributed.per_process(args.synthesis_batch_size, "--synthesis_batch_size")
     projected = run_state.projected_pool_bytes(args.epochs, args.ep_steps // args.kd_steps,
@@ -309,14 +312,40 @@ def build_synthesizer(args, data, student, device):
                            args.dataset, args.teacher, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    config = synthesizer_config(args, data.num_classes, data.image_shape, train_size=data.train_size, task=data.task)
+    return teacher, make_synthesizer(args, teacher, student, config, device), config
+
+
+def make_synthesizer(args, teacher, student, config, device):
+    """The --method synthesizer around a frozen ``teacher`` and ``student`` (channels-last if asked)."""
     if args.channels_last:
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
-    config = synthesizer_config(args, data.num_classes, data.image_shape, train_size=data.train_size, task=data.task)
     synthesizer = SYNTHESIZERS[args.method](teacher, student, config, device)
     if args.channels_last and hasattr(synthesizer, "generator"):
         synthesizer.generator.to(memory_format=torch.channels_last)
-    return teacher, synthesizer, config
+    return synthesizer
+
+
+def student_training(args, student, device):
+    """The KD steps' precision (autocast, scaler, non-finite guard), SGD optimiser and schedule."""
+    precision = Precision(device, args.precision, on_nonfinite=args.on_nonfinite)
+    optimizer = torch.optim.SGD(student.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                                **precision.optimizer_options())
+    return precision, optimizer, build_scheduler(args, optimizer)
+
+
+def new_run_totals():
+    """The running totals a data-free run checkpoints and reports."""
+    return {"epoch": 0, "best_acc1": 0.0, "synthesis_seconds": 0.0, "kd_seconds": 0.0, "wall_seconds": 0.0,
+            "synthesis_calls": 0, "kd_steps": 0}
+
+
+def log_end(logger, task, run, output):
+    hours = run["synthesis_seconds"] / 3600
+    logger.info(f"Best {task.label}: {run['best_acc1']:.2f}  synthesis cost: {hours:.4f} h "
+                f"({run['synthesis_seconds']:.1f} s)  KD: {run['kd_seconds']:.1f} s  "
+                f"total wall: {run['wall_seconds']:.1f} s  (run folder: {output})")
 
 
 # Flags a resume must keep: they shape the saved state (models, image size, the SSD-KD buffer)
@@ -378,13 +407,9 @@ def run_datafree(args, argv, stop):
     kd_student, kd_teacher = distributed.wrap_ddp(student, device), teacher
     if args.compile:
         kd_student, kd_teacher = torch.compile(kd_student), torch.compile(teacher)
-    precision = Precision(device, args.precision, on_nonfinite=args.on_nonfinite)
-    optimizer = torch.optim.SGD(student.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                                **precision.optimizer_options())
-    scheduler = build_scheduler(args, optimizer)
+    precision, optimizer, scheduler = student_training(args, student, device)
 
-    run = {"epoch": 0, "best_acc1": 0.0, "synthesis_seconds": 0.0, "kd_seconds": 0.0, "wall_seconds": 0.0,
-           "synthesis_calls": 0, "kd_steps": 0}
+    run = new_run_totals()
     resharded = progress = None
     if resume_path:
         restore_training(ckpt, resume_path, student, args.student, optimizer, scheduler)
@@ -414,10 +439,7 @@ def run_datafree(args, argv, stop):
         if hasattr(synthesizer, "pool"):
             logger.info(f"synthetic pool: {config.pool_storage} storage, shard {synthesizer.pool.path}")
         loop.run(progress)
-        hours = run["synthesis_seconds"] / 3600
-        logger.info(f"Best {task.label}: {run['best_acc1']:.2f}  synthesis cost: {hours:.4f} h "
-                    f"({run['synthesis_seconds']:.1f} s)  KD: {run['kd_seconds']:.1f} s  "
-                    f"total wall: {run['wall_seconds']:.1f} s  (run folder: {args.output})")
+        log_end(logger, task, run, args.output)
         if args.save_pool:
             save_pool(synthesizer.pool, args.save_dir, logger)
     finally:

@@ -358,8 +358,8 @@ NYUV2_BASE_SIZE, NYUV2_CROP_SIZE, NYUV2_SCALE = 256, 128, (0.5, 2.0)
 @register_dataset('nyuv2', num_classes=13, task='segmentation', ignore_index=255, **NORMALIZE_DICT['nyuv2'])
 def _nyuv2(data_root, download=False):
     if download:
-        raise UsageError("NYUv2 cannot be downloaded by this project; put it in place as the README says "
-                         "(section Segmentation) and drop --download")
+        raise UsageError("NYUv2 cannot be downloaded by this project; put it in place as docs/segmentation.md says "
+                         "and drop --download")
     root = os.path.join(data_root, 'NYUv2')
     train_tf, val_tf = segmentation_transforms(**NORMALIZE_DICT['nyuv2'], crop_size=NYUV2_CROP_SIZE,
                                                base_size=NYUV2_BASE_SIZE, scale=NYUV2_SCALE)

@@ -25,7 +25,7 @@ from datafree.engine import now  # noqa: E402
 from datafree.precision import resolve_mode  # noqa: E402
 from datafree.synthesis import SYNTHESIZERS  # noqa: E402
 
-# Loss weights of the ImageNet recipes (README: the initial pool; configs/imagenet/ for Fast-50, ResNet-18 student);
+# Loss weights of the ImageNet recipes (docs/imagenet-and-torchrun.md: the initial pool; configs/imagenet/ for Fast-50, ResNet-18 student);
 # only which terms are non-zero changes the cost.
 METHOD_FLAGS = {
     "deepinv": ["--bn", "0.01", "--oh", "1", "--adv", "0", "--tv", "1e-4", "--l2", "1e-5", "--lr_g", "0.25"],

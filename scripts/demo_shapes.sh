@@ -4,7 +4,7 @@
 #    (30 epochs, about 3.5 minutes; 86% test mIoU here);
 # 2. Fast-5 (fast_meta) distils it into deeplabv3_tiny_s from synthetic images only (about 5 minutes; 79% mIoU);
 # 3. the same student and KD budget on Gaussian-noise images (--method noise), as a baseline (1 minute; 17%).
-# Times measured on a 2-core CPU shared with other jobs (README, section Segmentation).
+# Times measured on a 2-core CPU shared with other jobs (docs/segmentation.md).
 # The untrained student's mIoU is the one logged for epoch 0 (no KD during warmup).
 # Run it again after an interruption: finished steps are skipped, a killed run resumes.
 set -euo pipefail

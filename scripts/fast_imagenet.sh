@@ -14,7 +14,7 @@
 #   bash scripts/fast_imagenet.sh --precision bf16 --channels_last   # extra flags are passed on
 #
 # --batch_size 100 is the total over the GPUs of one node: with NPROC=8 each GPU takes 12 images.
-# To keep 100 per GPU, pass --batch_size 800. Two machines: see README, "Several GPUs and machines".
+# To keep 100 per GPU, pass --batch_size 800. Two machines: see docs/imagenet-and-torchrun.md, "Several GPUs and machines".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # NYUv2 semantic segmentation (13 classes): DeepLabV3-ResNet50 teacher -> DeepLabV3-MobileNetV2 student.
-# Needs data/NYUv2 in the original release's layout (README, section Segmentation) and a GPU.
+# Needs data/NYUv2 in the original release's layout (docs/segmentation.md) and a GPU.
 # Settings live in configs/nyuv2/ (the paper publishes none for NYUv2; the presets say what was chosen).
 # Extra flags (e.g. --gpu 1) are passed on to the data-free runs.
 set -euo pipefail

@@ -8,7 +8,7 @@
 #    and an NCCL all-reduce checked and timed (benchmarks/dist_check.py);
 # 2. ImageNet: one fast_meta_imagenet synthesis call (50 steps, batch 100, 224x224, ResNet-50 ->
 #    ResNet-18) and 20 DeepInversion steps at batch 64 on the ResNet-50 teacher, with the hours
-#    of the README's initial-pool recipe (21 batches of 100 images, 2,000 steps each);
+#    of the initial-pool recipe (docs/imagenet-and-torchrun.md) (21 batches of 100 images, 2,000 steps each);
 # 3. epoch cost (benchmarks/epoch_cost.py --preset cifar): the published CIFAR-10 Fast-5 setting
 #    (wrn40_2 -> wrn16_1, batch 256, 400 KD steps per epoch) on random CIFAR-shaped data, 2 epochs
 #    per setting in fp32, fp16 (GradScaler) and bf16, with and without channels_last and

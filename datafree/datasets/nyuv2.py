@@ -21,7 +21,7 @@ NYUV2_SPLIT_SIZES = {"train": 795, "test": 654}
 NYUV2_CLASSES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "picture",
                  "sofa", "table", "tv", "wall", "window")
 LAYOUT = ("NYUv2/image/{train,test}/*.png with label maps of the same names in "
-          "NYUv2/seg13/{train,test}/ (0 = unlabelled, 1-13 = classes); see README, section Segmentation")
+          "NYUv2/seg13/{train,test}/ (0 = unlabelled, 1-13 = classes); see docs/segmentation.md")
 
 
 def label_lut(ignore_index=255):

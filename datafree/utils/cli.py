@@ -132,7 +132,7 @@ def load_teacher(model, path, dataset, arch, device):
     if not os.path.isfile(path):
         raise CheckpointError(
             f"teacher checkpoint {path} not found; download the original release's teachers into "
-            f"checkpoints/pretrained/ (see README), or train one with: python train_scratch.py "
+            f"checkpoints/pretrained/ (see docs/teachers-and-data.md), or train one with: python train_scratch.py "
             f"--model {arch} --dataset {dataset}")
     load_weights(model, path, arch)
     return model.to(device).eval()
@@ -152,11 +152,17 @@ def read_config(parser, path):
     values = {} if values is None else values
     if not isinstance(values, dict):
         raise UsageError(f"{path} must map flag names to values, one per line (e.g. 'epochs: 200')")
+    return config_values(parser, values, path)
+
+
+def config_values(parser, values, where):
+    """``values`` (flag name without '--' -> value, from a config file or Python keywords), each
+    checked and converted as the same value on the command line; ``where`` names their source."""
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
     unknown = sorted(str(key) for key in set(values) - set(actions))
     if unknown:
-        raise UsageError(f"{path}: unknown keys {', '.join(unknown)}; keys are flag names without '--'")
-    return {key: config_value(path, key, value, actions[key]) for key, value in values.items()}
+        raise UsageError(f"{where}: unknown keys {', '.join(unknown)}; keys are flag names without '--'")
+    return {key: config_value(where, key, value, actions[key]) for key, value in values.items()}
 
 
 def config_value(path, key, value, action):
