@@ -104,6 +104,11 @@ def test_pool_methods_augment_synthesis_and_kd_batches_as_declared(method, hflip
     augmentations = [getattr(synth, name) for name in ("aug", "kd_aug", "local_aug") if hasattr(synth, name)]
     assert all(bool(flip_modules(a)) == hflip for a in augmentations)
     # KD batches drawn from a pool of left-bright images are flipped only if flips are valid.
-    getattr(synth, "add_to_pool", synth.pool.add)(left_bright(8))
+    images = left_bright(8)
+    if method == "ssd":   # SSD-KD admits images with the teacher logits its inversion loss computed
+        with torch.no_grad():
+            synth.add_to_pool(images, teacher(images))
+    else:
+        getattr(synth, "add_to_pool", synth.pool.add)(images)
     draws = torch.cat([flipped(synth.sample()) for _ in range(8)])
     assert draws.any() == hflip
