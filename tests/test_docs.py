@@ -58,6 +58,8 @@ COVERED_ELSEWHERE = {
     "benchmarks/pool_scale.py": "a benchmark (minutes); tests/test_benchmarks.py runs it tiny",
     "benchmarks/pool_storage.py": "a benchmark of GPU memory against disk; tests/test_benchmarks.py runs it tiny",
     "benchmarks/init_pool_cost.py": "a benchmark of 224x224 DeepInversion steps (a GPU)",
+    "benchmarks/side_by_side.py": "needs the original release checked out; tests/test_side_by_side.py runs it "
+                                  "with stand-ins for both sides",
 }
 SHELL_FENCES = ("bash", "sh", "shell")
 SUBPROCESS_TIMEOUT = 600

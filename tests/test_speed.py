@@ -86,12 +86,14 @@ def test_summary_projects_the_schedule():
 
 
 def overflow_case(inf):
-    """One SGD parameter whose float16-scaled gradient is finite or not, under an enabled (CPU) scaler."""
+    """One SGD parameter whose scaled gradient is finite or not, under an enabled (CPU) scaler. The loss stays
+    finite (3 + 2e38), as in a float16 overflow: only the scaled gradient (4e38) overflows, so the non-finite loss
+    guard lets it through to the scaler."""
     precision = Precision("cpu", "fp32")
     precision.scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
     param = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     optimizer = torch.optim.SGD([param], lr=0.5, **precision.optimizer_options())
-    weight = torch.tensor([3.0, float("inf") if inf else 5.0])
+    weight = torch.tensor([3.0, 1e38 if inf else 5.0])
     precision.backward((param * weight).sum())
     precision.unscale(optimizer)
     return precision, param, optimizer
