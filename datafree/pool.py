@@ -658,8 +658,6 @@ class PrioritizedPool(ImagePool):
 
     def sample_prioritized(self, batch_size, beta, generator=None):
         """``sample_from`` prioritised replay's probabilities."""
-        if self.size == 0:
-            raise RuntimeError("the synthetic pool is empty: synthesize before sampling")
         return self.sample_from(self.probabilities(), batch_size, beta, generator)
 
     def update_priorities(self, index, discrepancy):

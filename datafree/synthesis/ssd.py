@@ -72,17 +72,20 @@ def modulating_weights(teacher_logits, class_counts, gamma, max_weight=None, min
     difficulty, predicted = focal_difficulty(teacher_logits, gamma)
     num_classes = teacher_logits.shape[1]
     counts = class_counts.float() + torch.bincount(predicted, minlength=num_classes).float()
-    phi = class_diversity(predicted, counts, num_classes) * difficulty
-    phi = phi / phi.mean()
-    return phi.clamp(min=min_weight, max=max_weight)
+    return normalised_phi(predicted, counts, difficulty, num_classes, max_weight, min_weight)
 
 
 def buffer_weights(labels, difficulty, num_classes, max_weight=None, min_weight=0.0):
     """phi of every stored image = diversity (from the buffer's class counts now) x its latest
     difficulty, normalised to mean 1 over the buffer and kept within [``min_weight``, ``max_weight``]
     (a floor keeps the images a confident teacher finds easy in the KD loss)."""
-    counts = torch.bincount(labels, minlength=num_classes)
-    phi = class_diversity(labels, counts, num_classes) * difficulty
+    return normalised_phi(labels, torch.bincount(labels, minlength=num_classes), difficulty, num_classes,
+                          max_weight, min_weight)
+
+
+def normalised_phi(classes, class_counts, difficulty, num_classes, max_weight, min_weight):
+    """diversity x difficulty, normalised to mean 1 over the images given, kept within the bounds."""
+    phi = class_diversity(classes, class_counts, num_classes) * difficulty
     phi = phi / phi.mean()
     return phi.clamp(min=min_weight, max=max_weight)
 
