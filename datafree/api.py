@@ -21,8 +21,6 @@ GIVEN_DIRECTLY = {"method": "the method argument", "dataset": "input_shape, mean
                   "output": "output", "resume": "nothing (distill starts afresh)",
                   "evaluate_only": "nothing (evaluate the returned student)", "start_epoch": "nothing",
                   "gpu": "device", "config": "config", "workers": "val_data (a DataLoader)"}
-# Methods whose synthesis reads the teacher's features: model(x, return_features=True).
-FEATURE_METHODS = ("dafl", "zskt", "dfq", "dfad", "cmi")
 
 
 def distill(teacher, student, method="fast_meta", *, input_shape, mean, std, num_classes, epochs=None,
@@ -33,7 +31,7 @@ def distill(teacher, student, method="fast_meta", *, input_shape, mean, std, num
         (C, H, W) and returning ``num_classes`` logits; the BN-statistics term (``bn``) needs
         BatchNorm2d layers in the teacher. Both are moved to ``device``; the teacher is only read.
     method: a ``datafree_kd.py --method`` (fast_meta, fast, deepinv, ssd, noise, ...; dafl, zskt,
-        dfq, dfad and cmi also need ``teacher(x, return_features=True)``).
+        dfq and dfad also need ``teacher(x, return_features=True)``).
     mean, std: the per-channel normalisation the teacher was trained with.
     epochs: epochs of ``ep_steps`` KD steps (default: datafree_kd.py's).
     val_data: a Dataset or DataLoader of (normalised image, label) to measure the student on each
@@ -70,7 +68,8 @@ def distill(teacher, student, method="fast_meta", *, input_shape, mean, std, num
     if method not in datafree_kd.SYNTHESIZERS:
         raise UsageError(f"unknown method '{method}'; choose one of: {', '.join(sorted(datafree_kd.SYNTHESIZERS))}")
     args = parser.parse_args(["--method", method])
-    normalization = check_inputs(teacher, input_shape, mean, std, num_classes, method, args.bn)
+    normalization = check_inputs(teacher, input_shape, mean, std, num_classes, datafree_kd.SYNTHESIZERS[method],
+                                 args.bn)
     # compared with the flags' own defaults: a setting for another method is refused, wherever it came from
     datafree_kd.check_args(args, datafree_kd.build_parser(), normalization)
     args.dataset, args.teacher, args.student = "custom", type(teacher).__name__, type(student).__name__
@@ -122,7 +121,7 @@ def distill(teacher, student, method="fast_meta", *, input_shape, mean, std, num
     return student.eval(), summary
 
 
-def check_inputs(teacher, input_shape, mean, std, num_classes, method, bn):
+def check_inputs(teacher, input_shape, mean, std, num_classes, synthesizer, bn):
     """The normalisation as a dict, after checking what distill() was given, in one sentence each."""
     if len(tuple(input_shape)) != 3:
         raise UsageError(f"input_shape must be (channels, height, width), not {tuple(input_shape)}")
@@ -134,9 +133,9 @@ def check_inputs(teacher, input_shape, mean, std, num_classes, method, bn):
     if bn > 0 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules()):
         raise UsageError("the teacher has no BatchNorm2d layer, which the BN-statistics term needs; "
                          "pass bn=0 or a teacher with BatchNorm")
-    if method in FEATURE_METHODS and "return_features" not in _forward_parameters(teacher):
-        raise UsageError(f"method '{method}' reads the teacher's features, so its forward must accept "
-                         f"return_features=True and return (logits, features); use fast_meta, fast, deepinv or ssd")
+    if synthesizer.reads_teacher_features and "return_features" not in _forward_parameters(teacher):
+        raise UsageError(f"method '{synthesizer.method}' reads the teacher's features, so its forward must accept "
+                         f"return_features=True and return (logits, features); use fast_meta, fast, deepinv, cmi or ssd")
     return {"mean": tuple(float(m) for m in mean), "std": tuple(float(s) for s in std)}
 
 

@@ -80,6 +80,22 @@ def test_distill_says_what_a_teacher_lacks():
                          device="cpu")
 
 
+def test_only_methods_that_read_teacher_features_need_return_features():
+    """The synthesizers say which of them call teacher(x, return_features=True); CMI reads BN inputs
+    through hooks, so a plain teacher is enough for it."""
+    from datafree.api import check_inputs
+    from datafree.synthesis import SYNTHESIZERS
+    plain = own_teacher.small_cnn(4, 4)
+    needing = sorted(name for name, cls in SYNTHESIZERS.items() if cls.reads_teacher_features)
+    assert needing == ["dafl", "dfad", "dfq", "zskt"]
+    for name, cls in SYNTHESIZERS.items():
+        if cls.reads_teacher_features:
+            with pytest.raises(UsageError, match=f"method '{name}' reads the teacher's features"):
+                check_inputs(plain, **SHAPE, synthesizer=cls, bn=1.0)
+        else:
+            assert check_inputs(plain, **SHAPE, synthesizer=cls, bn=1.0)["mean"] == (0.5, 0.5, 0.5)
+
+
 def test_own_teacher_example_runs():
     teacher_acc, summary = own_teacher.main(["--teacher_epochs", "1", "--epochs", "1"])
     assert 0.0 < teacher_acc <= 100.0

@@ -44,11 +44,13 @@ class BaseSynthesizer:
     ``sampling_is_synthesis``: whether the time spent in ``sample()`` is synthesis time
     (generators sampled during KD) rather than reading a pool.
     ``tasks``: the task names (datafree.tasks) the method supports.
+    ``reads_teacher_features``: whether synthesis calls ``teacher(x, return_features=True)``.
     """
 
     method = None
     flags = frozenset()
     sampling_is_synthesis = False
+    reads_teacher_features = False
     # Whether the method keeps every rank consistent under torchrun (shared learned state
     # averaged over the ranks, per-rank state sharded); datafree_kd.py refuses the others.
     distributed_ready = False

@@ -33,6 +33,7 @@ def l1_logits(student_logits, teacher_logits):
 class GenerativeSynthesizer(BaseSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "act", "balance", "lr_g", "g_steps"})
     sampling_is_synthesis = True
+    reads_teacher_features = True
     nz = DEFAULT_NZ
 
     def __init__(self, teacher, student, config, device):
