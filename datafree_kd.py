@@ -557,20 +557,20 @@ class EpochLoop:
         starts and kept in ``at``, so that a run resumed mid-epoch follows the same plan."""
         args, phase, images = self.args, at["phase"], None
         stop_check = (lambda: self._stop_signal() != 0) if self.stop is not None else None
-        if at.get("plan") is None:
+        if at["plan"] is None:
             at["plan"] = [list(r) for r in self.synthesizer.epoch_plan(epoch)]
         plan = at["plan"]
         while at["round"] < len(plan):
             number, (calls, steps) = at["round"] + 1, plan[at["round"]]
-            if not at["synthesized"] and at.get("calls_done", 0) == 0:
+            if not at["synthesized"] and at["calls_done"] == 0:
                 at.update(kd_loss_sum=0.0, kd_taken=0)
-            while not at["synthesized"] and at.get("calls_done", 0) < calls:
+            while not at["synthesized"] and at["calls_done"] < calls:
                 tic = now(self.device)
                 syn_out = self.synthesizer.synthesize()
                 phase["synthesis"] += now(self.device) - tic
                 images = syn_out["images"]
                 self.run_totals["synthesis_calls"] += 1
-                at.update(calls_done=at.get("calls_done", 0) + 1,
+                at.update(calls_done=at["calls_done"] + 1,
                           losses={k: float(v) for k, v in syn_out.items() if k.startswith("loss")})
                 at["synthesized"] = at["calls_done"] == calls
                 call = "the synthesis call" if calls == 1 else f"synthesis call {at['calls_done']} of {calls}"
@@ -627,8 +627,9 @@ class EpochLoop:
     def nonfinite_context(self, epoch, at):
         advice = "" if self.args.on_nonfinite == "skip" else ", or rerun it with --on_nonfinite skip to skip such steps"
         again = "start it again with" if self.resume.saved == NOTHING_SAVED else "resume from it with"
-        return (f" (epoch {epoch}, round {min(at['round'] + 1, len(at.get('plan') or [1]))} of {len(at.get('plan') or [1])}); the run stopped before it reached a "
-                f"weight, the pool or a checkpoint, and {self.resume.saved}: {again} {self.resume.command()} "
+        rounds = len(at["plan"] or [None])    # the plan is made when the epoch's first round starts
+        return (f" (epoch {epoch}, round {min(at['round'] + 1, rounds)} of {rounds}); the run stopped before it "
+                f"reached a weight, the pool or a checkpoint, and {self.resume.saved}: {again} {self.resume.command()} "
                 f"(lower learning rates or another --seed may avoid it){advice}")
 
     def end_epoch(self, epoch, at, images, epoch_start, warmup_stats):
