@@ -13,7 +13,6 @@ synthesis cost in hours, as the paper does, beside the total wall time.
 """
 import argparse
 import os
-import resource
 import sys
 from types import SimpleNamespace
 
@@ -23,9 +22,9 @@ from torchvision.utils import make_grid, save_image
 import registry
 from datafree import distributed
 from datafree import run_state
-from datafree.checkpoint import (RUN_CHECKPOINT_ADVICE, load_checkpoint, missing_entries, record_epoch,
+from datafree.checkpoint import (RUN_CHECKPOINT_ADVICE, load_checkpoint, missing_entries,
                                  remove_stale_temporaries)
-from datafree.engine import distill_steps, evaluate, now, restore_training
+from datafree.engine import EpochResult, TrainingJob, distill_steps, fit, now, restore_training
 from datafree.errors import CheckpointError, NonFiniteError, UsageError
 from datafree.guard import MODES as GUARD_MODES
 from datafree.interrupt import StopSignals, finished_epochs, resume_hint
@@ -291,11 +290,6 @@ def synthesizer_config(args, num_classes, image_shape, train_size=None, task=Non
     return config
 
 
-def peak_rss_mb():
-    """This process's peak resident memory so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def load_data(args):
     """The task, class count and image shape of --dataset, with its test split (the training split
     is not read: only its registered size is)."""
@@ -425,8 +419,6 @@ def run_datafree(args, argv, stop):
     leftovers = remove_leftovers(args.output) if distributed.is_main_process() else []
 
     logger = distributed.make_logger(args.output, f"datafree-{args.method}")
-    loop = EpochLoop(args, run, synthesizer, student, kd_teacher, optimizer, scheduler, precision, val_loader, device,
-                     logger, kd_student, stop=stop, resume=ResumeHint(argv, resume_path, progress))
     try:
         logger.args(args)
         if leftovers:
@@ -438,7 +430,8 @@ def run_datafree(args, argv, stop):
                 logger.info(resharded)
         if hasattr(synthesizer, "pool"):
             logger.info(f"synthetic pool: {config.pool_storage} storage, shard {synthesizer.pool.path}")
-        loop.run(progress)
+        train(args, run, synthesizer, student, kd_teacher, optimizer, scheduler, precision, val_loader, device, logger,
+              kd_student, stop=stop, resume=ResumeHint(argv, resume_path, progress), progress=progress)
         log_end(logger, task, run, args.output)
         if args.save_pool:
             save_pool(synthesizer.pool, args.save_dir, logger)
@@ -501,54 +494,64 @@ class ResumeHint:
         self.saved = f"the last good checkpoint is {path} ({point})"
 
 
-class EpochLoop:
-    """The epoch loop of a data-free run. ``kd_student`` is the student as trained
-    (DistributedDataParallel under torchrun, compiled with --compile), ``teacher`` the teacher of
-    the KD steps. Each epoch runs the synthesizer's ``epoch_plan``: rounds of synthesis calls,
-    then KD steps (none during warmup); Fast's ``ep_steps // kd_steps`` rounds of one call and
-    ``kd_steps`` steps unless the method plans otherwise. Then it evaluates and persists.
+class DataFreeJob(TrainingJob):
+    """The epoch of a data-free run, for the one epoch loop (``datafree.engine.fit``).
+    ``kd_student`` is the student as trained (DistributedDataParallel under torchrun, compiled
+    with --compile), ``teacher`` the teacher of the KD steps. Each epoch runs the synthesizer's
+    ``epoch_plan``: rounds of synthesis calls, then KD steps (none during warmup); Fast's
+    ``ep_steps // kd_steps`` rounds of one call and ``kd_steps`` steps unless the method plans
+    otherwise. ``progress`` is where a run resumed mid-epoch continues its first epoch.
 
-    ``stop`` (StopSignals) is asked after every synthesis call, KD step and epoch: on a signal
-    the loop writes last.pth at that point (with the epoch's progress) and raises Interrupted.
-    A non-finite loss (NonFiniteError) is completed with where it happened and what was saved.
+    ``stop`` (StopSignals) is asked after every synthesis call and KD step: on a signal the job
+    writes last.pth at that point (with the epoch's progress) and raises Interrupted. A
+    non-finite loss (NonFiniteError) is completed with where it happened and what was saved.
     """
 
-    def __init__(self, args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device,
-                 logger, kd_student=None, stop=None, resume=None):
+    loss_name = "kd_loss"
+
+    def __init__(self, args, run, synthesizer, student, teacher, optimizer, scheduler, precision, device, logger,
+                 kd_student=None, stop=None, resume=None, progress=None):
         self.args, self.run_totals, self.synthesizer = args, run, synthesizer
         self.student, self.teacher = student, teacher
         self.kd_student = student if kd_student is None else kd_student   # not `or`: a compiled module has no truth value
         self.optimizer, self.scheduler, self.precision = optimizer, scheduler, precision
-        self.val_loader, self.device, self.logger = val_loader, device, logger
+        self.device, self.logger = device, logger
         self.stop, self.resume = stop, resume or ResumeHint([], None, None)
         self.guards = {"kd": precision.guard, "synthesis": synthesizer.precision.guard}
+        self.progress, self.at, self.images = progress, None, None
 
     def _stop_signal(self):
         return self.stop.requested() if self.stop is not None else 0
 
-    def run(self, progress=None):
-        args, run = self.args, self.run_totals
-        if self._stop_signal():
-            raise self.stop.interrupted(f"it came before training started, so nothing new was written and "
-                                        f"{self.resume.saved}", resume=self.resume.command())
-        warmup_stats = None
-        for epoch in range(run["epoch"], args.epochs):
-            at = progress or new_progress()
-            progress = None
-            epoch_start = now(self.device) - at["seconds"]
-            for guard in self.guards.values():
-                guard.new_epoch()
-            try:
-                images = self.rounds_of(epoch, at, epoch_start)
-                at["skipped"] = {name: at["skipped"].get(name, 0) + guard.end_epoch()
-                                 for name, guard in self.guards.items()}
-            except NonFiniteError as err:
-                err.context = self.nonfinite_context(epoch, at)
-                raise
-            warmup_stats = self.end_epoch(epoch, at, images, epoch_start, warmup_stats)
-            if self._stop_signal() and epoch + 1 < args.epochs:
-                raise self.stop.interrupted(f"the run saved its {finished_epochs(epoch + 1)} in last.pth",
-                                            resume=self.resume.command())
+    def trains(self, epoch):
+        return epoch >= self.args.warmup
+
+    def saved(self):
+        return self.resume.saved
+
+    def interrupted(self, stop, saved):
+        return stop.interrupted(saved, resume=self.resume.command())
+
+    def train_epoch(self, epoch):
+        at = self.progress or new_progress()
+        self.progress, self.at = None, at
+        epoch_start = now(self.device) - at["seconds"]
+        for guard in self.guards.values():
+            guard.new_epoch()
+        try:
+            self.images = self.rounds_of(epoch, at, epoch_start)
+            at["skipped"] = {name: at["skipped"].get(name, 0) + guard.end_epoch()
+                             for name, guard in self.guards.items()}
+        except NonFiniteError as err:
+            err.context = self.nonfinite_context(epoch, at)
+            raise
+        losses = at["losses"]
+        skipped = ({f"skipped_{name}_steps": n for name, n in at["skipped"].items()}
+                   if self.args.on_nonfinite == "skip" else {})
+        return EpochResult(at["kd_loss"], dict(at["phase"]), resumed_seconds=at["seconds"],
+                           scalars={"train/": skipped, "synthesis/": losses}, measured=losses,
+                           log="".join(f" {k}={v:.3f}" for k, v in losses.items())
+                               + "".join(f" {k}={v}" for k, v in skipped.items()))
 
     def rounds_of(self, epoch, at, epoch_start):
         """The rounds of ``epoch`` from ``at`` on; returns the images of the last synthesis call
@@ -590,6 +593,8 @@ class EpochLoop:
                 at["kd_loss"] = at["kd_loss_sum"] / at["kd_taken"] if at["kd_taken"] else float("nan")
                 if at["kd_done"] < steps:
                     self.maybe_stop(epoch, at, epoch_start, f"KD step {at['kd_done']} of round {number}")
+                elif args.print_freq > 0 and number % args.print_freq == 0:
+                    self.logger.info(f"[Train] epoch={epoch} round={number}/{len(plan)} kd_loss={at['kd_loss']:.4f}")
             at.update(round=number, synthesized=False, calls_done=0, kd_done=0)
             if at["round"] < len(plan):    # after the last round the epoch's end comes first
                 self.maybe_stop(epoch, at, epoch_start, f"round {number} of {len(plan)}")
@@ -602,11 +607,25 @@ class EpochLoop:
         at["seconds"] = now(self.device) - epoch_start
         at["skipped"] = {name: at["skipped"].get(name, 0) + guard.skipped for name, guard in self.guards.items()}
         tag = f"round{at['round']}-{'s' if at['synthesized'] else ''}kd{at['kd_done']}"
-        self.persist(is_best=False, progress=at, tag=tag)
-        raise self.stop.interrupted(f"the run saved epoch {epoch} up to {point} in last.pth",
-                                    resume=self.resume.command())
+        self.persist(self.state(progress=at), is_best=False, progress=at, tag=tag)
+        raise self.interrupted(self.stop, f"the run saved epoch {epoch} up to {point} in last.pth")
 
-    def checkpoint(self, progress=None):
+    def end_epoch(self, epoch, best, epoch_seconds):
+        run, phase = self.run_totals, self.at["phase"]
+        run["best_acc1"] = best
+        run["synthesis_seconds"] += phase["synthesis"]
+        run["kd_seconds"] += phase["kd"]
+        run["epoch"] = epoch + 1
+        run["wall_seconds"] += epoch_seconds
+        if distributed.is_main_process() and self.images is not None:
+            grid = make_grid(self.images[:64].float().cpu(), nrow=8)
+            save_image(grid, os.path.join(self.args.output, "synthetic.png"))
+            self.logger.writer.add_image("synthetic", grid, epoch)
+
+    def checkpoint(self, epochs_done, best):
+        return self.state()
+
+    def state(self, progress=None):
         """The run's state for last.pth (``progress``: where in the next epoch, for a save mid-epoch)."""
         args, run = self.args, self.run_totals
         state = {"state_dict": self.student.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -617,12 +636,18 @@ class EpochLoop:
             state["progress"] = progress
         return state
 
-    def persist(self, is_best, progress=None, tag=None):
-        state = self.checkpoint(progress)
+    def persist(self, state, is_best, progress=None, tag=None):
         best = {k: state[k] for k in ("state_dict", "arch", "num_classes", "dataset", "teacher", "method", "epoch",
                                       "best_acc1", "args")} if is_best else None
         run_state.persist(self.synthesizer, self.args.output, self.run_totals["epoch"], state, is_best, best, tag)
         self.resume.saved_at(os.path.join(self.args.output, "last.pth"), self.run_totals["epoch"], progress)
+
+    def totals(self):
+        run = self.run_totals
+        pool = getattr(self.synthesizer, "pool", None)
+        stored = {} if pool is None else {"synthetic_images": sum(distributed.all_gather_ints(len(pool)))}
+        return {"synthesis_seconds": run["synthesis_seconds"], "kd_seconds": run["kd_seconds"],
+                "synthesis_calls": run["synthesis_calls"], "kd_steps": run["kd_steps"], **stored}
 
     def nonfinite_context(self, epoch, at):
         advice = "" if self.args.on_nonfinite == "skip" else ", or rerun it with --on_nonfinite skip to skip such steps"
@@ -632,59 +657,16 @@ class EpochLoop:
                 f"reached a weight, the pool or a checkpoint, and {self.resume.saved}: {again} {self.resume.command()} "
                 f"(lower learning rates or another --seed may avoid it){advice}")
 
-    def end_epoch(self, epoch, at, images, epoch_start, warmup_stats):
-        """Evaluate, log, checkpoint; returns the evaluation a warm-up epoch can reuse."""
-        args, run, device, task = self.args, self.run_totals, self.device, self.synthesizer.task
-        phase = {**at["phase"], "eval": 0.0, "output": 0.0, "persist": 0.0}
-        tic = now(device)
-        if epoch < args.warmup and warmup_stats is not None:
-            stats = warmup_stats   # no KD yet: the student is the one already evaluated in this warm-up
-        else:
-            stats = evaluate(self.student, self.val_loader, device, task)
-        phase["eval"] = now(device) - tic
-        lr = self.optimizer.param_groups[0]["lr"]
-        if epoch >= args.warmup:
-            self.scheduler.step()
 
-        tic = now(device)
-        is_best = stats[task.primary] > run["best_acc1"]
-        run["best_acc1"] = max(run["best_acc1"], stats[task.primary])
-        run["synthesis_seconds"] += phase["synthesis"]
-        run["kd_seconds"] += phase["kd"]
-        run["epoch"] = epoch + 1
-        if distributed.is_main_process() and images is not None:
-            grid = make_grid(images[:64].float().cpu(), nrow=8)
-            save_image(grid, os.path.join(args.output, "synthetic.png"))
-            self.logger.writer.add_image("synthetic", grid, epoch)
-        losses, kd_loss = at["losses"], at["kd_loss"]
-        skipped = {f"skipped_{name}_steps": n for name, n in at["skipped"].items()} if args.on_nonfinite == "skip" else {}
-        self.logger.scalars(task.scalars(stats), epoch, "val/")
-        self.logger.scalars({"kd_loss": kd_loss, "lr": lr, **skipped, **{f"{k}_seconds": v for k, v in phase.items()}},
-                            epoch, "train/")
-        self.logger.scalars(losses, epoch, "synthesis/")
-        epoch_seconds = now(device) - epoch_start
-        run["wall_seconds"] += epoch_seconds
-        phase["output"] = now(device) - tic
-
-        tic = now(device)
-        self.persist(is_best)
-        phase["persist"] = now(device) - tic
-        pool = getattr(self.synthesizer, "pool", None)
-        stored = {} if pool is None else {"synthetic_images": sum(distributed.all_gather_ints(len(pool)))}
-        if distributed.is_main_process():
-            record_epoch(args.output, epoch=epoch, epochs=args.epochs, acc1=stats[task.primary],
-                         epoch_seconds=epoch_seconds, info=run_summary_info("datafree_kd", args, args.student),
-                         measured={"kd_loss": kd_loss, **losses, "persist_seconds": phase["persist"],
-                                   "peak_rss_mb": peak_rss_mb()},
-                         synthesis_seconds=run["synthesis_seconds"], kd_seconds=run["kd_seconds"],
-                         synthesis_calls=run["synthesis_calls"], kd_steps=run["kd_steps"], **stored)
-        self.logger.info(
-            f"[Eval] epoch={epoch} {task.describe(stats)} "
-            f"best={run['best_acc1']:.2f} lr={lr:.4g} kd_loss={kd_loss:.4f} "
-            + " ".join(f"{k}={v:.3f}" for k, v in losses.items())
-            + "".join(f" {k}={v}" for k, v in skipped.items())
-            + " | seconds: " + " ".join(f"{k}={v:.2f}" for k, v in phase.items()))
-        return stats if epoch < args.warmup else None
+def train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, val_loader, device, logger,
+          kd_student=None, stop=None, resume=None, progress=None):
+    """The data-free run from ``run['epoch']`` to ``args.epochs``: DataFreeJob in the one epoch
+    loop. ``run`` (new_run_totals) is updated in place; returns the best of the task's metric."""
+    job = DataFreeJob(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, device, logger,
+                      kd_student=kd_student, stop=stop, resume=resume, progress=progress)
+    return fit(job, student, optimizer, scheduler, val_loader, device, epochs=args.epochs, run_dir=args.output,
+               logger=logger, start_epoch=run["epoch"], best_acc1=run["best_acc1"],
+               summary_info=run_summary_info("datafree_kd", args, args.student), task=synthesizer.task, stop=stop)
 
 
 if __name__ == "__main__":

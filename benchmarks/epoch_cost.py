@@ -45,7 +45,7 @@ sys.path.insert(0, ROOT)
 
 import datafree_kd  # noqa: E402
 import registry  # noqa: E402
-from datafree import distributed  # noqa: E402
+from datafree import distributed, engine  # noqa: E402
 from datafree.checkpoint import atomic_save, read_summary  # noqa: E402
 from datafree.engine import now  # noqa: E402
 from datafree.precision import Precision, native_bfloat16  # noqa: E402
@@ -322,7 +322,7 @@ def child(opts):
     if opts.compile_backend:
         torch.compile = functools.partial(torch.compile, backend=opts.compile_backend)
     clock = process_clock if opts.clock == "process" else now
-    datafree_kd.now = clock    # the loop's phase and epoch seconds, in this process only
+    datafree_kd.now = engine.now = clock    # the loop's phase and epoch seconds, in this process only
     workdir = os.path.dirname(opts.result)
     argv = kd_flags(opts, workdir, opts.child)
     args = datafree_kd.parse_args(argv)

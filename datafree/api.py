@@ -3,7 +3,7 @@
 No registry entry, dataset or flag file is needed: the teacher and the student are any
 ``nn.Module`` classifiers (``model(x)`` returns logits), and the run is described by the input
 shape, the normalisation and the class count. The run itself is datafree_kd.py's: the same
-synthesizers, the same epoch loop (``datafree_kd.EpochLoop``), the same flags, checked the same
+synthesizers, the same epoch loop (``datafree.engine.fit`` with ``datafree_kd.DataFreeJob``), the same flags, checked the same
 way (a setting is a flag's name without ``--``).
 """
 import contextlib
@@ -102,8 +102,8 @@ def distill(teacher, student, method="fast_meta", *, input_shape, mean, std, num
             measure = evaluation_batches(val_data, args, synthesizer, teacher)
             logger = distributed.make_logger(run_dir, f"distill-{method}")
             try:
-                datafree_kd.EpochLoop(args, run, synthesizer, student, teacher, optimizer, scheduler, precision,
-                                      measure, device, logger).run()
+                datafree_kd.train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, measure,
+                                  device, logger)
                 datafree_kd.log_end(logger, task, run, run_dir if output is not None else "temporary")
             finally:
                 logger.close()

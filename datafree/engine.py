@@ -1,12 +1,15 @@
 """Training and evaluation loops shared by train_scratch.py, vanilla_kd.py and datafree_kd.py.
 
-``train_one_epoch`` and ``evaluate`` know nothing of the command line; ``fit`` runs the
-epoch loop with evaluation, checkpointing (``last`` every epoch, ``best`` when improved),
-resume and logging. What is measured comes from the task object (datafree/tasks.py):
+``train_one_epoch`` and ``evaluate`` know nothing of the command line; ``fit`` is the one
+epoch loop of every entry script: a ``TrainingJob`` trains each epoch (``SupervisedJob``: a
+pass over a loader; datafree_kd.py's: rounds of synthesis and KD steps), and ``fit``
+evaluates, steps the schedule, keeps the best, checkpoints (``last`` every epoch, ``best``
+when improved), records summary.json and logs. What is measured comes from the task object (datafree/tasks.py):
 top-1/top-5 accuracy for classification, mIoU / pixel accuracy / per-class IoU for
 segmentation; ``best_acc1`` in checkpoints holds the task's primary number.
 """
 import contextlib
+import resource
 import time
 from typing import NamedTuple
 
@@ -92,55 +95,158 @@ def restore_training(ckpt, path, model, arch, optimizer, scheduler):
     return ckpt
 
 
-def fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device, *, epochs, run_dir,
-        logger, start_epoch=0, best_acc1=0.0, checkpoint_extra=None, print_freq=0, summary_info=None, task=None,
-        stop=None):
-    """Train from ``start_epoch`` to ``epochs``; evaluate, log and checkpoint after each epoch.
+class EpochResult(NamedTuple):
+    """What a job's ``train_epoch`` reports to ``fit``.
 
-    ``checkpoint_extra`` is merged into every checkpoint (arch, num_classes, args, ...);
-    ``summary_info`` into the run's summary.json. ``stop`` (datafree.interrupt.StopSignals) is
-    asked after every step and every epoch: on SIGINT or SIGTERM the run raises Interrupted, with
-    last.pth holding its finished epochs (a supervised epoch is not saved half-way: its steps are
-    done again on resume).
-    Returns the best value of the task's primary metric (top-1 accuracy or mIoU, %).
+    ``loss``: the epoch's mean training loss, logged as the job's ``loss_name``; ``phase``:
+    seconds per part of the epoch (``train``, or ``synthesis`` and ``kd``); ``resumed_seconds``:
+    what the epoch had run before a resume mid-epoch; ``scalars``: more TensorBoard scalars by
+    prefix (``{"synthesis/": {...}}``); ``measured``: more figures for summary.json's history
+    entry; ``log``: more text for the epoch's log line."""
+    loss: float
+    phase: dict
+    resumed_seconds: float = 0.0
+    scalars: dict = {}
+    measured: dict = {}
+    log: str = ""
+
+
+class TrainingJob:
+    """What ``fit`` trains: one entry script's epoch, and what its checkpoints hold.
+
+    Subclasses give ``train_epoch`` and ``checkpoint``; the rest has defaults for a supervised
+    run (every epoch trains the model and steps the schedule; rank 0 writes last/best.pth)."""
+
+    loss_name = "train_loss"
+
+    def train_epoch(self, epoch):
+        """Train ``epoch``; return an EpochResult. On a stop signal mid-epoch, raise Interrupted."""
+        raise NotImplementedError
+
+    def trains(self, epoch):
+        """Whether ``epoch`` changes the evaluated model and steps the schedule (data-free warm-up
+        epochs only synthesise: their evaluation is reused and the schedule waits)."""
+        return True
+
+    def end_epoch(self, epoch, best, epoch_seconds):
+        """Called after the evaluation of ``epoch``, before its checkpoint (running totals)."""
+
+    def checkpoint(self, epochs_done, best):
+        """The state ``last.pth`` holds after ``epochs_done`` epochs."""
+        raise NotImplementedError
+
+    def persist(self, state, is_best):
+        """Write ``state`` as last.pth (and best.pth when ``is_best``); every rank calls it."""
+        if distributed.is_main_process():
+            save_checkpoint(state, self.run_dir, is_best)
+
+    def totals(self):
+        """Running totals for summary.json (every rank calls it: a total may need a collective)."""
+        return {}
+
+    def saved(self):
+        """What last.pth holds now, for a stop message."""
+        return "no checkpoint was written yet"
+
+    def interrupted(self, stop, saved):
+        """The Interrupted to raise on a stop signal, ``saved`` saying what last.pth holds."""
+        return stop.interrupted(saved)
+
+
+def fit(job, model, optimizer, scheduler, val_loader, device, *, epochs, run_dir, logger, start_epoch=0,
+        best_acc1=0.0, summary_info=None, task=None, stop=None):
+    """The epoch loop of every entry script: from ``start_epoch`` to ``epochs``, the job trains an
+    epoch (``job.train_epoch``), then the loop evaluates ``model``, steps the schedule, keeps the
+    best, checkpoints (``job.checkpoint`` / ``job.persist``), records summary.json and logs.
+
+    ``stop`` (datafree.interrupt.StopSignals) is asked before the first epoch and after each
+    epoch (the job asks it inside its epoch): on SIGINT or SIGTERM the run raises Interrupted
+    with last.pth holding its finished epochs. Returns the best value of the task's primary
+    metric (top-1 accuracy or mIoU, %).
     """
     task = task or Classification(num_classes=0)
+    if stop is not None and stop.requested():
+        raise job.interrupted(stop, f"it came before training started, so nothing new was written and {job.saved()}")
+    stats = None
     for epoch in range(start_epoch, epochs):
-        tic = time.perf_counter()
-        if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
-            train_loader.sampler.set_epoch(epoch)
-        train_stats = train_one_epoch(model, train_loader, optimizer, device, loss_fn, epoch,
-                                      logger, print_freq, stop=(lambda: stop.requested() != 0) if stop else None)
-        if train_stats["stopped"]:
-            raise stop.interrupted(f"the run stopped in epoch {epoch}, whose steps are done again on resume; "
-                                   f"last.pth holds {finished_epochs(epoch)}")
-        val_stats = evaluate(model, val_loader, device, task)
+        tic = now(device)
+        result = job.train_epoch(epoch)
+        phase = dict(result.phase)
+        mark = now(device)
+        if stats is None or job.trains(epoch):
+            stats = evaluate(model, val_loader, device, task)
+        phase["eval"] = now(device) - mark
         lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        score = val_stats[task.primary]
+        if job.trains(epoch):
+            scheduler.step()
+
+        mark = now(device)
+        score = stats[task.primary]
         is_best = score > best_acc1
         best_acc1 = max(best_acc1, score)
-        seconds = time.perf_counter() - tic
-        logger.info(f"[Eval] epoch={epoch} {task.describe(val_stats)} train_loss={train_stats['loss']:.4f} "
-                    f"lr={lr:.4g} best={best_acc1:.2f} time={seconds:.1f}s")
-        logger.scalars(task.scalars(val_stats), epoch, prefix="val/")
-        logger.scalars({"loss": train_stats["loss"], "lr": lr, "epoch_seconds": seconds}, epoch, prefix="train/")
-        state = {
-            "state_dict": model.state_dict(),
-            "epoch": epoch + 1,
-            "best_acc1": float(best_acc1),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-            **(checkpoint_extra or {}),
-        }
+        logger.scalars(task.scalars(stats), epoch, "val/")
+        logger.scalars({job.loss_name: result.loss, "lr": lr, **{f"{k}_seconds": v for k, v in phase.items()}},
+                       epoch, "train/")
+        for prefix, values in result.scalars.items():
+            logger.scalars(values, epoch, prefix)
+        epoch_seconds = now(device) - tic + result.resumed_seconds
+        job.end_epoch(epoch, best_acc1, epoch_seconds)
+        phase["output"] = now(device) - mark
+
+        mark = now(device)
+        job.persist(job.checkpoint(epoch + 1, best_acc1), is_best)
+        phase["persist"] = now(device) - mark
+        totals = job.totals()
         if distributed.is_main_process():
-            save_checkpoint(state, run_dir, is_best)
-            record_epoch(run_dir, epoch=epoch, epochs=epochs, acc1=score, epoch_seconds=seconds,
-                         info=summary_info)
+            record_epoch(run_dir, epoch=epoch, epochs=epochs, acc1=score, epoch_seconds=epoch_seconds,
+                         info=summary_info, measured={job.loss_name: result.loss, **result.measured,
+                                                      "persist_seconds": phase["persist"],
+                                                      "peak_rss_mb": peak_rss_mb()}, **totals)
+        logger.info(f"[Eval] epoch={epoch} {task.describe(stats)} best={best_acc1:.2f} lr={lr:.4g} "
+                    f"{job.loss_name}={result.loss:.4f}{result.log} | seconds: "
+                    + " ".join(f"{k}={v:.2f}" for k, v in phase.items()))
         if stop is not None and epoch + 1 < epochs and stop.requested():
-            raise stop.interrupted(f"last.pth holds {finished_epochs(epoch + 1)}")
+            raise job.interrupted(stop, f"the run saved its {finished_epochs(epoch + 1)} in last.pth")
     return best_acc1
+
+
+class SupervisedJob(TrainingJob):
+    """The epoch of train_scratch.py and vanilla_kd.py: one pass over ``train_loader`` with
+    ``loss_fn(images, targets) -> (loss, logits)``. Checkpoints hold the model, optimiser,
+    schedule, random state, epoch and best, plus ``extra`` (arch, num_classes, args, ...)."""
+
+    def __init__(self, model, train_loader, optimizer, scheduler, loss_fn, device, run_dir, logger, *, extra=None,
+                 print_freq=0, stop=None, start_epoch=0):
+        self.model, self.train_loader, self.optimizer, self.scheduler = model, train_loader, optimizer, scheduler
+        self.loss_fn, self.device, self.run_dir, self.logger = loss_fn, device, run_dir, logger
+        self.extra, self.print_freq, self.stop = extra or {}, print_freq, stop
+        self.epochs_saved = start_epoch
+
+    def train_epoch(self, epoch):
+        tic = now(self.device)
+        if hasattr(self.train_loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
+            self.train_loader.sampler.set_epoch(epoch)
+        stop = self.stop
+        stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.device, self.loss_fn, epoch,
+                                self.logger, self.print_freq, stop=(lambda: stop.requested() != 0) if stop else None)
+        if stats["stopped"]:
+            raise self.interrupted(stop, f"the run stopped in epoch {epoch}, whose steps are done again on resume; "
+                                         f"last.pth holds {finished_epochs(self.epochs_saved)}")
+        return EpochResult(stats["loss"], {"train": now(self.device) - tic})
+
+    def checkpoint(self, epochs_done, best):
+        self.epochs_saved = epochs_done
+        return {"state_dict": self.model.state_dict(), "epoch": epochs_done, "best_acc1": float(best),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(), **self.extra}
+
+    def saved(self):
+        return f"last.pth holds {finished_epochs(self.epochs_saved)}" if self.epochs_saved else super().saved()
+
+
+def peak_rss_mb():
+    """This process's peak resident memory so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def now(device):

@@ -11,6 +11,7 @@ import torch
 import datafree_kd
 import registry
 from conftest import ROOT
+from datafree import engine
 from datafree.engine import BlockTimer
 from datafree.precision import Precision, native_bfloat16, resolve_mode
 from datafree.synthesis import SYNTHESIZERS
@@ -160,13 +161,13 @@ def test_warmup_synthesis_leaves_the_student_unchanged(method):
 
 def test_warmup_epochs_evaluate_the_student_once(teacher_file, monkeypatch):
     calls = []
-    real_evaluate = datafree_kd.evaluate
+    real_evaluate = engine.evaluate
 
     def counted(model, *args, **kwargs):
         calls.append(1)
         return real_evaluate(model, *args, **kwargs)
 
-    monkeypatch.setattr(datafree_kd, "evaluate", counted)
+    monkeypatch.setattr(engine, "evaluate", counted)
     datafree_kd.main(["--method", "fast_meta", *TINY, "--warmup", "2", "--epochs", "3"])
     assert len(calls) == 2       # the first warm-up epoch, then the KD epoch
     log = open("checkpoints/datafree-fast_meta/digits-resnet8-resnet8/log.txt").read()

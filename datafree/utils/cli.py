@@ -8,7 +8,7 @@ import yaml
 
 from datafree import distributed
 from datafree.checkpoint import load_weights
-from datafree.engine import evaluate, fit, resume_training
+from datafree.engine import SupervisedJob, evaluate, fit, resume_training
 from datafree.errors import CheckpointError, RunStopped, UsageError
 from datafree.interrupt import StopSignals
 from datafree.tasks import Classification
@@ -245,9 +245,10 @@ def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_
         if resume_path:
             logger.info(f"resumed from {resume_path} at epoch {start_epoch} (best {task.label} {best_acc1:.2f})")
         with StopSignals() as stop:
-            best_acc1 = fit(model, train_loader, val_loader, optimizer, scheduler, loss_fn, device,
-                            epochs=args.epochs, run_dir=args.output, logger=logger, start_epoch=start_epoch,
-                            best_acc1=best_acc1, checkpoint_extra=checkpoint_extra, print_freq=args.print_freq,
+            job = SupervisedJob(model, train_loader, optimizer, scheduler, loss_fn, device, args.output, logger,
+                                extra=checkpoint_extra, print_freq=args.print_freq, stop=stop, start_epoch=start_epoch)
+            best_acc1 = fit(job, model, optimizer, scheduler, val_loader, device, epochs=args.epochs,
+                            run_dir=args.output, logger=logger, start_epoch=start_epoch, best_acc1=best_acc1,
                             summary_info=run_summary_info(run_name, args, arch), task=task, stop=stop)
         logger.info(f"Best {task.label}: {best_acc1:.2f}  (run folder: {args.output})")
     finally:
