@@ -28,55 +28,20 @@ from datafree.engine import EpochResult, TrainingJob, distill_steps, fit, now, r
 from datafree.errors import CheckpointError, NonFiniteError, UsageError
 from datafree.guard import MODES as GUARD_MODES
 from datafree.interrupt import StopSignals, finished_epochs, resume_hint
-from datafree.pool import REPLACE_RULES, STORAGES as POOL_STORAGES
+from datafree.pool import STORAGES as POOL_STORAGES
 from datafree.precision import AUTO, MODES as PRECISIONS, Precision, resolve_mode
-from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer, require_task_support
-from datafree.synthesis.ssd import SAMPLING as SSD_SAMPLING
-from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, read_config, run_cli, run_summary_info
-
-# Flags that belong to particular methods; setting one away from its default for a method
-# that ignores it is an error.
-METHOD_FLAGS = ("adv", "bn", "oh", "act", "balance", "tv", "l2", "cr", "cr_T", "cmi_init", "lr_g", "lr_z",
-                "g_steps", "reset_l0", "reset_bn", "bn_mmt", "is_maml", "lr_g_meta", "lr_z_meta", "reinit", "rand_label",
-                "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight",
-                "ssd_min_weight", "ssd_sampling", "ssd_policy_lr", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every", "ssd_refresh_share")
-
+from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer, SynthesisConfig, require_task_support
+from datafree.synthesis.flags import METHOD_FLAGS, SYNTHESIS, TERMS, add_method_flags
+from datafree.utils.cli import (add_data_args, add_distillation_args, add_optim_args, add_run_args, evaluate_checkpoint,
+                                load_teacher, parse_with_config, prepare_run, run_cli, run_summary_info)
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    method = parser.add_argument_group("data-free method")
-    method.add_argument("--method", default=None, choices=sorted(SYNTHESIZERS),
-                        help="synthesizer (required, here or in --config)")
-    method.add_argument("--adv", default=0.0, type=float, help="weight of the adversarial term")
-    method.add_argument("--bn", default=0.0, type=float, help="weight of the BN-statistics term")
-    method.add_argument("--oh", default=0.0, type=float, help="weight of the one-hot (cross-entropy) term")
-    method.add_argument("--act", default=0.0, type=float, help="weight of DAFL's activation term")
-    method.add_argument("--balance", default=0.0, type=float, help="weight of the class-balance term")
-    method.add_argument("--tv", default=0.0, type=float, help="weight of DeepInversion's total-variation prior")
-    method.add_argument("--l2", default=0.0, type=float, help="weight of DeepInversion's L2 prior")
-    method.add_argument("--cr", default=1.0, type=float, help="weight of CMI's contrastive term")
-    method.add_argument("--cr_T", default=0.5, type=float, help="temperature of CMI's contrastive term")
-    method.add_argument("--cmi_init", default=None, help="folder of pre-inverted images added to the pool")
-
-    synth = parser.add_argument_group("synthesis")
-    synth.add_argument("--lr_g", default=1e-3, type=float, help="learning rate of the generator")
-    synth.add_argument("--lr_z", default=1e-3, type=float, help="learning rate of the latent code")
-    synth.add_argument("--g_steps", default=1, type=int, help="synthesis steps per call (k of Fast-k)")
-    synth.add_argument("--reset_l0", default=0, type=int,
-                       help="re-initialise the generator's first layers once, 120 calls after warmup")
-    synth.add_argument("--reset_bn", default=0, type=int,
-                       help="also re-initialise the generator's BN affine parameters then")
-    synth.add_argument("--bn_mmt", default=0.0, type=float, help="momentum of the BN statistics (0: off)")
-    synth.add_argument("--is_maml", default=1, type=int, help="meta-gradient: 1 first-order MAML, 0 Reptile")
-    synth.add_argument("--lr_g_meta", default=1e-4, type=float,
-                       help="fast_meta_imagenet: meta learning rate of the generator")
-    synth.add_argument("--lr_z_meta", default=5e-3, type=float,
-                       help="fast_meta_imagenet: meta learning rate of the persistent latents z")
-    synth.add_argument("--reinit", default=0, type=int,
-                       help="fast_meta_imagenet: draw new z and restart the meta optimiser every N synthesis "
-                            "calls (0: never)")
-    synth.add_argument("--rand_label", default=1, type=int,
-                       help="fast_meta_imagenet: 1 new random targets every call, 0 one fixed target per latent")
+    groups = {TERMS: parser.add_argument_group(TERMS)}
+    groups[TERMS].add_argument("--method", default=None, choices=sorted(SYNTHESIZERS),
+                               help="synthesizer (required, here or in --config)")
+    add_method_flags(parser, groups)   # each method's flags, as its module declares them
+    synth = groups[SYNTHESIS]
     synth.add_argument("--synthesis_channels", default=None, type=int, metavar="C",
                        help="channels to synthesise (default: the data's); 1 for grayscale data stored as identical "
                             "channels (digits, mnist): one channel is made and repeated, so synthetic images are "
@@ -96,75 +61,18 @@ def build_parser():
                             "(memory unless the pool this run makes per process would exceed 2 GiB); either way "
                             "new images are appended to OUTPUT/pool/ and checkpoints only refer to them")
 
-    ssd = parser.add_argument_group("SSD-KD (--method ssd; docs/ssd_kd.md: what is from the paper and what is ours)")
-    ssd.add_argument("--ssd_buffer_size", default=0, type=int,
-                     help="images the replay buffer holds (default 0: 10%% of the dataset's training set); under "
-                          "torchrun the total, each process holding its share")
-    ssd.add_argument("--ssd_kd_passes", default=0.0, type=float,
-                     help="passes over the buffer per epoch, which set its KD steps (default 0: as many passes as "
-                          "--ep_steps x --batch_size make over the real training set, Fast's schedule)")
-    ssd.add_argument("--ssd_refresh_every", default=0, type=int, metavar="K",
-                     help="once the buffer is full, a synthesis call before every K-th KD step (default 0: by "
-                          "--ssd_refresh_share)")
-    ssd.add_argument("--ssd_refresh_share", default=0.0, type=float,
-                     help="once the buffer is full, the share of it renewed per epoch by synthesis calls of "
-                          "--ssd_replace each (default 0: one call per epoch)")
-    ssd.add_argument("--ssd_sampling", default="policy", choices=SSD_SAMPLING,
-                     help="how KD batches are drawn from the buffer: a learned policy (REINFORCE, rewarded by the "
-                          "student's progress on its draws), fixed priorities (prioritised replay), or uniformly")
-    ssd.add_argument("--ssd_policy_lr", default=0.05, type=float,
-                     help="learning rate of the sampling policy (--ssd_sampling policy)")
-    ssd.add_argument("--ssd_phi", default=1, type=int, choices=(0, 1),
-                     help="1: the modulating function phi weighs inversion and KD; 0: every sample weighs 1")
-    ssd.add_argument("--ssd_gamma", default=2.0, type=float,
-                     help="difficulty exponent of the modulating function: (1 - teacher confidence)^gamma")
-    ssd.add_argument("--ssd_beta", default=0.4, type=float,
-                     help="importance-sampling exponent at the start; it rises linearly to 1 by the last KD step")
-    ssd.add_argument("--ssd_alpha", default=0.6, type=float,
-                     help="priority exponent: P(i) proportional to priority_i^alpha (--ssd_sampling priority), and "
-                          "the policy's starting point")
-    ssd.add_argument("--ssd_min_weight", default=0.0, type=float,
-                     help="floor of the modulating weight phi (mean 1 before the floor and the cap): with a confident "
-                          "teacher most images' focal factor is near 0, and without a floor they drop out of the KD loss")
-    ssd.add_argument("--ssd_max_weight", default=3.0, type=float,
-                     help="cap of the modulating weight phi (mean 1 over a batch) of one sample")
-    ssd.add_argument("--ssd_replace", default=0.25, type=float,
-                     help="share of a full buffer that one refresh call synthesises and replaces (at most one "
-                          "synthesis batch)")
-    ssd.add_argument("--ssd_replace_rule", default="priority", choices=REPLACE_RULES,
-                     help="which stored images a full buffer gives up: lowest priority, oldest, or random")
-
-    kd = parser.add_argument_group("distillation")
-    kd.add_argument("--teacher", default="wrn40_2", choices=registry.model_names())
-    kd.add_argument("--student", default="wrn16_1", choices=registry.model_names())
-    kd.add_argument("--teacher_ckpt", default=None,
-                    help="teacher checkpoint (default: checkpoints/pretrained/{dataset}_{teacher}.pth)")
-    kd.add_argument("--dataset", default="cifar100", choices=registry.dataset_names(),
-                    help="task whose test split evaluates the student (its training data is not used)")
-    kd.add_argument("--data_root", default="data", help="root folder of the datasets (default: %(default)s)")
-    kd.add_argument("--download", action="store_true", help="let torchvision download the test data")
-    kd.add_argument("--lr", default=0.1, type=float, help="student learning rate (cosine to 2e-4)")
-    kd.add_argument("--lr_decay_milestones", default="", metavar="E1,E2,...",
-                    help="step schedule instead of cosine: lr x 0.1 at these KD epochs (counted after warmup)")
-    kd.add_argument("--T", default=1.0, type=float, help="KD temperature")
-    kd.add_argument("--epochs", default=200, type=int)
+    kd = add_distillation_args(parser, registry.model_names(), teacher="wrn40_2", student="wrn16_1", T=1.0)
     kd.add_argument("--kd_steps", default=400, type=int, help="KD steps after each synthesis call")
     kd.add_argument("--ep_steps", default=400, type=int, help="KD steps per epoch")
     kd.add_argument("--warmup", default=0, type=int, help="epochs of synthesis only, before KD starts")
-    kd.add_argument("--batch_size", "--batch-size", "-b", dest="batch_size", default=128, type=int,
-                    help="KD batch size; under torchrun the total over the GPUs of one node")
-    kd.add_argument("--momentum", default=0.9, type=float)
-    kd.add_argument("--wd", "--weight_decay", dest="weight_decay", default=1e-4, type=float)
+    add_data_args(parser, registry.dataset_names(), default_dataset="cifar100",
+                  purpose="whose test split evaluates the student (its training data is not used)")
+    optim = add_optim_args(parser, lr=0.1, epochs=200, batch_size=128, schedule="cosine to 2e-4 over the KD epochs")
+    optim.add_argument("--lr_decay_milestones", default="", metavar="E1,E2,...",
+                       help="step schedule instead of cosine: lr x 0.1 at these KD epochs (counted after warmup)")
 
-    run = parser.add_argument_group("run")
-    run.add_argument("--config", default=None, help="YAML file of flag values; command-line flags override it")
-    run.add_argument("--output", default=None,
-                     help="run folder (default: checkpoints/datafree-{method}/{dataset}-{teacher}-{student}[-tag])")
-    run.add_argument("--resume", nargs="?", const="auto", default="", metavar="PATH",
-                     help="continue from PATH, or from OUTPUT/last.pth when no PATH is given")
-    run.add_argument("--evaluate_only", action="store_true", help="evaluate the --resume checkpoint and exit")
-    run.add_argument("--start_epoch", default=None, type=int, help="override the epoch to start from")
-    run.add_argument("--gpu", default=None, type=int, help="GPU index; -1 for the CPU (default: GPU 0 if any)")
+    run = add_run_args(parser, print_freq="log the KD loss every N rounds of synthesis and KD steps "
+                                          "(default: 0, once per epoch)")
     run.add_argument("--fp16", action="store_true",
                      help="mixed precision: float16 + gradient scaling on CUDA, bfloat16 on the CPU (= --precision fp16)")
     run.add_argument("--precision", default=None, choices=(*PRECISIONS, AUTO),
@@ -175,26 +83,17 @@ def build_parser():
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the student and teacher of the KD steps (synthesis stays eager: its "
                           "generator is cloned every call); the first epoch pays the compilation")
-    run.add_argument("--dist_backend", default=None, choices=["nccl", "gloo"],
-                     help="torchrun only: process-group backend (default: nccl on GPUs, gloo on the CPU)")
     run.add_argument("--on_nonfinite", default="stop", choices=GUARD_MODES,
                      help="a NaN or inf KD or synthesis loss: stop the run at once (exit status 3, last.pth stays the "
                           "last good checkpoint), or skip that step and count it in the log (a run whose steps are "
                           "all skipped for an epoch still stops); see docs/faults-and-recovery.md")
-    run.add_argument("--seed", default=0, type=int)
-    run.add_argument("--log_tag", default="")
-    run.add_argument("-j", "--workers", default=0, type=int, help="loader workers for the test set")
-    run.add_argument("-p", "--print_freq", default=0, type=int, help="unused; kept for the original's commands")
     return parser
 
 
 def parse_args(argv=None):
     """Parse flags; values from --config become defaults that the command line overrides."""
     parser = build_parser()
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**read_config(parser, known.config))
-    args = parser.parse_args(argv)
+    args = parse_with_config(parser, argv)
     check_args(args, parser)
     return args
 
@@ -274,20 +173,22 @@ def synthesizer_config(args, num_classes, image_shape, train_size=None, task=Non
     The pool's shard is OUTPUT/pool/rank{k}.u8; ``pool_storage`` is resolved from ``auto``.
     ``normalization`` ({'mean', 'std'}): the data's, by default --dataset's registered one."""
     img_size = args.img_size or image_shape[-1]
-    values = {**vars(args), "img_size": img_size}
-    config = SimpleNamespace(**values, num_classes=num_classes, nc=image_shape[0], train_size=train_size, task=task,
-                             **(normalization or registry.NORMALIZE_DICT[args.dataset]))
-    config.batch_size = distributed.per_process(args.batch_size)
-    config.synthesis_batch_size = distributed.per_process(args.synthesis_batch_size, "--synthesis_batch_size")
+    batch_size = distributed.per_process(args.batch_size)
+    synthesis_batch_size = distributed.per_process(args.synthesis_batch_size, "--synthesis_batch_size")
     projected = run_state.projected_pool_bytes(args.epochs, args.ep_steps // args.kd_steps,
-                                               config.synthesis_batch_size or config.batch_size,
-                                               (image_shape[0], img_size, img_size))
+                                               synthesis_batch_size or batch_size, (image_shape[0], img_size, img_size))
     if args.output:
-        config.pool_storage = run_state.choose_pool_storage(args.pool_storage, projected)
-        config.pool_root, config.pool_file = args.output, run_state.pool_file(distributed.get_rank())
+        pool = {"pool_storage": run_state.choose_pool_storage(args.pool_storage, projected),
+                "pool_root": args.output, "pool_file": run_state.pool_file(distributed.get_rank())}
     else:   # library use without a run folder: the pool stays in memory and is not persisted
-        config.pool_storage = "memory"
-    return config
+        pool = {"pool_storage": "memory", "pool_root": None, "pool_file": None}
+    return SynthesisConfig.for_method(
+        SYNTHESIZERS[args.method], args, num_classes=num_classes, nc=image_shape[0], img_size=img_size,
+        **(normalization or registry.NORMALIZE_DICT[args.dataset]), task=task, train_size=train_size,
+        teacher=args.teacher, batch_size=batch_size, synthesis_batch_size=synthesis_batch_size,
+        synthesis_channels=args.synthesis_channels, T=args.T, precision=args.precision,
+        on_nonfinite=args.on_nonfinite, epochs=args.epochs, warmup=args.warmup, kd_steps=args.kd_steps,
+        ep_steps=args.ep_steps, **pool)
 
 
 def load_data(args):

@@ -15,7 +15,7 @@ from datafree import distributed
 from datafree.checkpoint import atomic_save, load_checkpoint
 from datafree.errors import UsageError
 from datafree.utils.cli import (add_data_args, add_optim_args, add_run_args, default_teacher_ckpt, make_loaders,
-                                prepare_run, run_cli, run_training)
+                                parse_with_config, prepare_run, run_cli, run_training)
 
 TEACHER_KEYS = ("state_dict", "arch", "num_classes", "dataset", "epoch", "best_acc1")
 
@@ -41,7 +41,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     device, resume_path = prepare_run(args, "scratch", f"{args.dataset}_{args.model}")
     args.save_teacher = args.save_teacher or default_teacher_ckpt(args.dataset, args.model)
     if (not resume_path and not args.overwrite_teacher and os.path.exists(args.save_teacher)):

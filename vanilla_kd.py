@@ -18,22 +18,15 @@ import registry
 from datafree import distributed
 from datafree.datasets import UnlabeledImageFolder
 from datafree.errors import UsageError
-from datafree.utils.cli import (add_data_args, add_optim_args, add_run_args, load_teacher, make_loaders,
-                                prepare_run, run_cli, run_training)
+from datafree.utils.cli import (add_data_args, add_distillation_args, add_optim_args, add_run_args, load_teacher,
+                                make_loaders, parse_with_config, prepare_run, run_cli, run_training)
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    kd = parser.add_argument_group("distillation")
-    kd.add_argument("--teacher", default="wrn16_2", choices=registry.model_names(),
-                    help="teacher architecture (default: %(default)s)")
-    kd.add_argument("--student", default="wrn16_1", choices=registry.model_names(),
-                    help="student architecture (default: %(default)s)")
-    kd.add_argument("--teacher_ckpt", default=None, metavar="PATH",
-                    help="teacher checkpoint (default: checkpoints/pretrained/{dataset}_{teacher}.pth)")
+    kd = add_distillation_args(parser, registry.model_names(), teacher="wrn16_2", student="wrn16_1", T=4.0)
     kd.add_argument("--transfer_set", default=None,
                     help="registered dataset or image folder the student learns on (default: --dataset)")
-    kd.add_argument("--T", default=4.0, type=float, help="distillation temperature (default: %(default)s)")
     kd.add_argument("--alpha", default=1.0, type=float, help="weight of the KL term (default: %(default)s)")
     kd.add_argument("--beta", default=0.0, type=float,
                     help="weight of the hard-label cross-entropy (default: %(default)s)")
@@ -61,7 +54,7 @@ def build_transfer_set(args, train_set):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_with_config(build_parser(), argv)
     transfer_name = (args.transfer_set or args.dataset).strip("/").replace("/", "-")
     device, resume_path = prepare_run(args, "vanilla_kd", f"{args.dataset}-{transfer_name}-{args.teacher}-{args.student}")
 

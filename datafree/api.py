@@ -155,7 +155,7 @@ class TeacherAgreement:
     def __iter__(self):
         for _ in range(self.batches):
             with torch.no_grad():
-                images = self.synthesizer.sample()
+                images = self.synthesizer.sample().images
                 yield images, self.teacher(images).argmax(1)
 
 

@@ -319,11 +319,11 @@ def distill_steps(synthesizer, student, teacher, optimizer, precision, steps, st
     taken = done = 0
     while done < steps:
         with sampling.measure():
-            images = synthesizer.sample()
+            batch = synthesizer.sample()
         with precision.autocast():
             with torch.no_grad():
-                teacher_logits = teacher(images)
-            loss = synthesizer.kd_loss(student(images), teacher_logits)
+                teacher_logits = teacher(batch.images)
+            loss = synthesizer.kd_loss(batch, student(batch.images), teacher_logits)
         optimizer.zero_grad(set_to_none=True)
         if precision.backward(loss):
             precision.step(optimizer)

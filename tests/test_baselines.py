@@ -7,8 +7,8 @@ import torch
 
 import registry
 from datafree.criterions import activation, class_balance, info_nce, jsdiv, kldiv, l2_prior, total_variation
-from datafree.synthesis import SYNTHESIZERS
-from datafree.synthesis.base import BestBatch
+from datafree.synthesis import SYNTHESIZERS, SynthesisConfig
+from datafree.synthesis.base import BestBatch, KDBatch
 from datafree.synthesis.cmi import MemoryBank
 from datafree.synthesis.generative import l1_logits
 from datafree.tasks import Classification
@@ -96,16 +96,24 @@ def make_config(**overrides):
     return SimpleNamespace(**values)
 
 
+def strict_config(method, **overrides):
+    """make_config as datafree_kd.py gives it: the run facts and only ``method``'s own flags."""
+    values = make_config(**overrides)
+    facts = {k: getattr(values, k, None) for k in SynthesisConfig.FACTS}
+    facts.update(precision="fp32", on_nonfinite="stop", pool_storage="memory")
+    return SynthesisConfig.for_method(SYNTHESIZERS[method], values, **facts)
+
+
 @pytest.mark.parametrize("method", sorted(SYNTHESIZERS))
 def test_every_method_synthesizes_samples_and_resumes(method):
     torch.manual_seed(0)
     teacher, student = registry.get_model("resnet8", 10).eval(), registry.get_model("resnet8", 10)
-    synth = SYNTHESIZERS[method](teacher, student, make_config(), torch.device("cpu"))
+    synth = SYNTHESIZERS[method](teacher, student, strict_config(method), torch.device("cpu"))
     out = synth.synthesize()
     assert out["images"].shape == (8, 3, 32, 32) and 0 <= out["images"].min() and out["images"].max() <= 1
     assert all(math.isfinite(v) for k, v in out.items() if k.startswith("loss"))
-    assert synth.sample().shape == (8, 3, 32, 32)
-    twin = SYNTHESIZERS[method](teacher, student, make_config(), torch.device("cpu"))
+    assert synth.sample().images.shape == (8, 3, 32, 32)
+    twin = SYNTHESIZERS[method](teacher, student, strict_config(method), torch.device("cpu"))
     twin.load_state_dict(synth.state_dict())
     assert_same_state(twin.state_dict(), synth.state_dict())
     assert twin.calls == synth.calls == 1
@@ -116,7 +124,7 @@ def test_every_method_synthesizes_gray_images_with_one_channel(method):
     torch.manual_seed(0)
     teacher, student = registry.get_model("resnet8", 10).eval(), registry.get_model("resnet8", 10)
     synth = SYNTHESIZERS[method](teacher, student, make_config(synthesis_channels=1), torch.device("cpu"))
-    images, batch = synth.synthesize()["images"], synth.sample()
+    images, batch = synth.synthesize()["images"], synth.sample().images
     for x in (images, batch):             # 3 channels for the networks, all equal (mean/std are equal too)
         assert x.shape == (8, 3, 32, 32)
         assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
@@ -192,7 +200,7 @@ def test_generative_sampling_counts_as_synthesis():
     assert SYNTHESIZERS["dafl"].nz == 512 and SYNTHESIZERS["dfq"].nz == 256
     s, t = torch.randn(4, 10), torch.randn(4, 10)
     dfad = SYNTHESIZERS["dfad"].__new__(SYNTHESIZERS["dfad"])
-    assert dfad.kd_loss(s, t).item() == pytest.approx(l1_logits(s, t).item())
+    assert dfad.kd_loss(KDBatch(torch.zeros(4, 3, 8, 8)), s, t).item() == pytest.approx(l1_logits(s, t).item())
     zskt = SYNTHESIZERS["zskt"].__new__(SYNTHESIZERS["zskt"])
     zskt.config, zskt.task = SimpleNamespace(T=4.0), Classification(10)
-    assert zskt.kd_loss(s, t).item() == pytest.approx(kldiv(s, t, T=4.0).item())
+    assert zskt.kd_loss(KDBatch(torch.zeros(4, 3, 8, 8)), s, t).item() == pytest.approx(kldiv(s, t, T=4.0).item())

@@ -110,5 +110,5 @@ def test_pool_methods_augment_synthesis_and_kd_batches_as_declared(method, hflip
             synth.add_to_pool(images, teacher(images))
     else:
         getattr(synth, "add_to_pool", synth.pool.add)(images)
-    draws = torch.cat([flipped(synth.sample()) for _ in range(8)])
+    draws = torch.cat([flipped(synth.sample().images) for _ in range(8)])
     assert draws.any() == hflip

@@ -271,9 +271,9 @@ def test_fast_meta_segmentation_synthesis_terms(seg_teacher):
     assert out["loss_adv"] <= 0
     assert any(not torch.equal(a, b) for a, b in zip(before, synth.generator.parameters()))   # meta step taken
     batch = synth.sample()
-    assert batch.shape == (4, 3, 32, 32)
+    assert batch.images.shape == (4, 3, 32, 32)
     with torch.no_grad():
-        assert synth.kd_loss(student(batch), teacher(batch)).item() >= 0
+        assert synth.kd_loss(batch, student(batch.images), teacher(batch.images)).item() >= 0
 
 
 def test_method_without_segmentation_support_is_refused(seg_teacher):

@@ -8,6 +8,7 @@ import registry
 from datafree.criterions import adversarial_kl, kldiv_per_sample
 from datafree.pool import PrioritizedPool
 from datafree.synthesis import SYNTHESIZERS
+from datafree.synthesis.base import KDBatch
 from datafree.synthesis.ssd import (SamplingPolicy, buffer_weights, importance_beta, modulating_weights,
                                     refresh_calls, split_steps)
 from tests.test_baselines import make_config
@@ -123,13 +124,13 @@ def test_ssd_kd_loss_weights_and_refreshes_drawn_priorities():
     assert len(synth.pool) == 12                       # 8, then 4 of the next 8 (the largest phi)
     synth.pool.update_priorities(torch.arange(12), torch.rand(12))
     phi = synth.buffer_phi()
-    images = synth.sample()
-    index, weights = synth.drawn["index"], synth.drawn["weights"]
+    batch = synth.sample()
+    images, index, weights = batch.images, batch.draw["index"], batch.draw["weights"]
     beta = importance_beta(0.4, synth.steps_done, synth.total_kd_steps)
     assert torch.allclose(weights, synth.pool.importance_weights(index, beta) * phi[index])
     assert weights.max().item() <= 3.0 + 1e-6          # importance weights <= 1, phi capped at 3
     s_out, t_out = student(images), teacher(images)
-    loss = synth.kd_loss(s_out, t_out)
+    loss = synth.kd_loss(batch, s_out, t_out)
     per = kldiv_per_sample(s_out, t_out, T=4.0)
     assert loss.item() == pytest.approx((weights * per).mean().item(), rel=1e-6)
     last = {}                                           # repeated draws: the last one wins
@@ -137,8 +138,8 @@ def test_ssd_kd_loss_weights_and_refreshes_drawn_priorities():
         last[i] = v
     for i, v in last.items():
         assert synth.pool.priority[i].item() == pytest.approx(v + synth.pool.eps, rel=1e-5)
-    with pytest.raises(RuntimeError, match="preceding sample"):
-        synth.kd_loss(s_out, t_out)
+    with pytest.raises(ValueError, match="its own sample"):
+        synth.kd_loss(KDBatch(images), s_out, t_out)
 
 
 def test_buffer_size_defaults_to_a_tenth_of_the_training_set():
@@ -238,11 +239,11 @@ def test_kd_step_refreshes_difficulty_class_and_phi_of_its_draws():
     synth, teacher, student = filled_synthesizer(ssd_sampling="uniform")
     synth.pool.difficulty.fill_(0.5)
     synth.pool.label.fill_(0)
-    images = synth.sample()
-    index = synth.drawn["index"]
+    batch = synth.sample()
+    images, index = batch.images, batch.draw["index"]
     t_out = torch.zeros(len(index), 10)
     t_out[:, 3] = torch.linspace(0.0, 4.0, len(index))       # confidence grows along the batch, class 3
-    synth.kd_loss(student(images), t_out)
+    synth.kd_loss(batch, student(images), t_out)
     confidence = torch.softmax(t_out, dim=1).max(dim=1).values
     last = {i: k for k, i in enumerate(index.tolist())}       # a slot drawn twice keeps its last draw
     for i, k in last.items():
@@ -253,15 +254,14 @@ def test_kd_step_refreshes_difficulty_class_and_phi_of_its_draws():
     expected = buffer_weights(synth.pool.label, synth.pool.difficulty, 10, 3.0)
     assert torch.allclose(synth.buffer_phi(), expected)
     # the next draw's KD weights use the refreshed phi (uniform draws: importance weights 1)
-    synth.sample()
-    assert torch.allclose(synth.drawn["weights"], expected[synth.drawn["index"]])
+    draw = synth.sample().draw
+    assert torch.allclose(draw["weights"], expected[draw["index"]])
 
 
 def test_phi_off_weighs_every_sample_alike():
     synth, _, _ = filled_synthesizer(ssd_phi=0, ssd_sampling="uniform")
     assert synth.sample_weights(torch.randn(4, 10)) is None
-    synth.sample()
-    assert torch.all(synth.drawn["weights"] == 1)
+    assert torch.all(synth.sample().draw["weights"] == 1)
 
 
 # ---- the learned sampling policy --------------------------------------------------------------------
@@ -304,15 +304,15 @@ def test_policy_is_rewarded_by_the_students_progress_on_its_draws():
     synth, teacher, student = filled_synthesizer(ssd_sampling="policy", ssd_policy_lr=0.3)
     theta = synth.policy.theta.clone()
     bn_before = {k: v.clone() for k, v in student.state_dict().items() if "running" in k}
-    images = synth.sample()
-    index = synth.drawn["index"]
-    drawn_features, mean_features = synth.drawn["policy"]
+    batch = synth.sample()
+    images = batch.images
+    drawn_features, mean_features = batch.draw["policy"]
     student.train()
     s_out = student(images)
     with torch.no_grad():
         t_out = teacher(images)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
-    loss = synth.kd_loss(s_out, t_out)
+    loss = synth.kd_loss(batch, s_out, t_out)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -330,7 +330,7 @@ def test_policy_is_rewarded_by_the_students_progress_on_its_draws():
     for k, v in student.state_dict().items():                          # the probe left BN statistics alone
         if "running" in k:
             assert torch.equal(v, running[k]) and not torch.equal(v, bn_before[k]), k
-    assert len(index) == 8
+    assert len(batch.draw["index"]) == 8
 
 
 def test_policy_draws_and_importance_weights_use_its_probabilities():
@@ -372,8 +372,8 @@ def test_a_non_finite_reward_leaves_the_policy_as_it_was():
 
 def test_the_pending_reward_survives_a_checkpoint():
     synth, teacher, student = filled_synthesizer(ssd_sampling="policy", ssd_policy_lr=0.3)
-    images = synth.sample()
-    synth.kd_loss(student(images), teacher(images).detach())
+    batch = synth.sample()
+    synth.kd_loss(batch, student(batch.images), teacher(batch.images).detach())
     twin, _, _ = ssd_synthesizer(ssd_sampling="policy", ssd_policy_lr=0.3)
     twin.student.load_state_dict(student.state_dict())
     twin.load_state_dict(synth.state_dict())

@@ -1,12 +1,12 @@
 """The synthesizer interface shared by every data-free method, and the pieces they share.
 
-A synthesizer is built from ``(teacher, student, config, device)`` where ``config`` is the
-run's argument namespace plus ``num_classes``, ``img_size``, ``nc``, ``mean``, ``std`` and
-``task`` (the datafree.tasks object that owns the task-dependent losses and augmentation;
-classification when absent). ``synthesis_channels`` (default ``nc``) is how many channels a
-method synthesises: 1 for grayscale data, repeated to ``nc`` before any network sees it.
+A synthesizer is built from ``(teacher, student, config, device)`` where ``config`` is a
+``SynthesisConfig``: the run facts it lists, and the method flags the synthesizer names in its
+``flags``; nothing else of the command line reaches a method.
 """
 import os
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import torch
 
@@ -18,12 +18,77 @@ from datafree.precision import Precision
 from datafree.tasks import build_task
 from datafree.utils.registry import Registry
 
+from .flags import TERMS, check_declared, method_flag
+
 SYNTHESIZERS = Registry("method")
 
 
+# The method flags several methods read (each method's own flags are declared in its module).
+method_flag("adv", 0.0, "weight of the adversarial term", group=TERMS)
+method_flag("bn", 0.0, "weight of the BN-statistics term", group=TERMS)
+method_flag("oh", 0.0, "weight of the one-hot (cross-entropy) term", group=TERMS)
+method_flag("cmi_init", None, "folder of pre-inverted images added to the pool", group=TERMS)
+method_flag("lr_g", 1e-3, "learning rate of the generator")
+method_flag("g_steps", 1, "synthesis steps per call (k of Fast-k)")
+
+
+class KDBatch(NamedTuple):
+    """One KD step's batch from ``sample()``: the normalised, augmented ``images`` (N, C, H, W)
+    and what the method's ``kd_loss`` needs to weigh them (SSD-KD: the drawn buffer rows and
+    their weights; None for the others)."""
+    images: torch.Tensor
+    draw: Any = None
+
+
+class SynthesisConfig(SimpleNamespace):
+    """What a synthesizer reads: the run facts of ``FACTS`` and the values of its method's flags
+    (``cls.flags``, each declared with ``method_flag``). Reading anything else is an error that
+    names the omission, so a method's inputs stay visible in its class."""
+
+    FACTS = {
+        "num_classes": "classes of the task",
+        "nc": "channels of the data's images",
+        "img_size": "side of the synthetic images",
+        "mean": "per-channel normalisation mean of the data", "std": "per-channel normalisation std",
+        "task": "the datafree.tasks object: task-dependent losses, metric and augmentation (None: classification)",
+        "train_size": "images in the real training split, where known (SSD-KD's default buffer and passes)",
+        "teacher": "the teacher's registered name (CMI picks the layers it hooks by it)",
+        "batch_size": "KD batch of this process",
+        "synthesis_batch_size": "images per synthesis call of this process (None: batch_size)",
+        "synthesis_channels": "channels synthesised, repeated to nc (None: nc)",
+        "T": "KD temperature",
+        "precision": "fp32, fp16 or bf16 (autocast of the synthesis steps)",
+        "on_nonfinite": "stop or skip on a non-finite synthesis loss",
+        "epochs": "epochs of the run", "warmup": "epochs of synthesis only",
+        "kd_steps": "KD steps per round", "ep_steps": "KD steps per epoch (with kd_steps: Fast's rounds)",
+        "pool_storage": "memory or disk", "pool_root": "run folder of the pool (None: not persisted)",
+        "pool_file": "this process's pool shard in pool_root",
+    }
+
+    def __init__(self, flags, **facts):
+        unknown = sorted(set(facts) - set(self.FACTS))
+        missing = sorted(set(self.FACTS) - set(facts))
+        if unknown or missing:
+            raise TypeError(f"SynthesisConfig needs exactly the facts of SynthesisConfig.FACTS "
+                            f"(unknown: {', '.join(unknown) or '-'}; missing: {', '.join(missing) or '-'})")
+        super().__init__(**facts, **flags)
+
+    @classmethod
+    def for_method(cls, method, values, **facts):
+        """The config of ``method`` (a synthesizer class): its flags' values from ``values`` (a
+        namespace holding every method flag, e.g. the parsed command line), and ``facts``."""
+        return cls({name: getattr(values, name) for name in sorted(method.flags)}, **facts)
+
+    def __getattr__(self, name):    # only called for a name that is not set
+        raise AttributeError(f"the synthesis config has no '{name}': a method reads the facts of "
+                             f"SynthesisConfig.FACTS and the flags it names in its `flags`")
+
+
 def register_synthesizer(name):
-    """Class decorator: make a synthesizer available as ``--method name``."""
+    """Class decorator: make a synthesizer available as ``--method name``; every flag in its
+    ``flags`` must be declared (``method_flag``)."""
     def add(cls):
+        check_declared(name, cls.flags)
         cls.method = name
         return SYNTHESIZERS.register(name, cls)
     return add
@@ -66,7 +131,7 @@ class BaseSynthesizer:
         self.synthesis_channels = getattr(config, "synthesis_channels", None) or config.nc
         self.batch_size = config.synthesis_batch_size or config.batch_size
         self.sample_batch_size = config.batch_size
-        self.precision = Precision(device, getattr(config, "precision", None) or config.fp16,
+        self.precision = Precision(device, getattr(config, "precision", None) or "fp32",
                                    on_nonfinite=getattr(config, "on_nonfinite", None) or "stop", loop="synthesis")
         self.calls = 0
 
@@ -76,7 +141,7 @@ class BaseSynthesizer:
         raise NotImplementedError
 
     def sample(self):
-        """One normalised, augmented batch for a KD step."""
+        """One KDBatch: a normalised, augmented batch for a KD step."""
         raise NotImplementedError
 
     def epoch_plan(self, epoch):
@@ -86,8 +151,9 @@ class BaseSynthesizer:
         c = self.config
         return [(1, c.kd_steps)] * (c.ep_steps // c.kd_steps)
 
-    def kd_loss(self, student_logits, teacher_logits):
-        """The KD objective on a synthetic batch: the task's KL at temperature T unless a method says otherwise."""
+    def kd_loss(self, batch, student_logits, teacher_logits):
+        """The KD objective on ``batch`` (the KDBatch the logits were computed on): the task's KL
+        at temperature T unless a method says otherwise."""
         return self.task.kd_loss(student_logits, teacher_logits, T=self.config.T)
 
     def state_dict(self):
@@ -135,7 +201,7 @@ class PoolSynthesizer(BaseSynthesizer):
 
     def sample(self):
         with torch.no_grad():
-            return self.aug(self.pool.sample(self.sample_batch_size))
+            return KDBatch(self.aug(self.pool.sample(self.sample_batch_size)))
 
     def state_dict(self):
         return {**super().state_dict(), "pool": self.pool.state_dict()}

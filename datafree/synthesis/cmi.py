@@ -27,6 +27,10 @@ from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator, reinitialize
 
 from .base import BestBatch, PoolSynthesizer, register_synthesizer
+from .flags import TERMS, method_flag
+
+method_flag("cr", 1.0, "weight of CMI's contrastive term", group=TERMS)
+method_flag("cr_T", 0.5, "temperature of CMI's contrastive term", group=TERMS)
 
 BANK_SIZE = 40960
 NEGATIVES = 4096

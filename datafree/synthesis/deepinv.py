@@ -20,6 +20,10 @@ from datafree.criterions import jsdiv, l2_prior, total_variation
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 
 from .base import BestBatch, PoolSynthesizer, register_synthesizer
+from .flags import TERMS, method_flag
+
+method_flag("tv", 0.0, "weight of DeepInversion's total-variation prior", group=TERMS)
+method_flag("l2", 0.0, "weight of DeepInversion's L2 prior", group=TERMS)
 
 JITTER_FRACTION = 1 / 8
 ADV_TEMPERATURE = 3.0

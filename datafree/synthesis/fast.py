@@ -23,7 +23,14 @@ from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, reset_bn_affine
 
 from .base import BestBatch, PoolSynthesizer, register_synthesizer
+from .flags import method_flag
 from .meta import FirstOrderMAML, Reptile
+
+method_flag("lr_z", 1e-3, "learning rate of the latent code")
+method_flag("reset_l0", 0, "re-initialise the generator's first layers once, 120 calls after warmup")
+method_flag("reset_bn", 0, "also re-initialise the generator's BN affine parameters then")
+method_flag("bn_mmt", 0.0, "momentum of the BN statistics (0: off)")
+method_flag("is_maml", 1, "meta-gradient: 1 first-order MAML, 0 Reptile")
 
 # The original re-initialises the generator's first layers once, at this many synthesis
 # calls after the warmup.

@@ -31,9 +31,16 @@ from datafree.augment import horizontal_flip
 from datafree.hooks import hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, DeepGenerator
 
-from .base import PoolSynthesizer, loss_report, register_synthesizer
+from .base import KDBatch, PoolSynthesizer, loss_report, register_synthesizer
 from .fast import FastInversionLoss, update_bn_momentum
+from .flags import method_flag
 from .meta import FirstOrderMAML, Reptile
+
+method_flag("lr_g_meta", 1e-4, "fast_meta_imagenet: meta learning rate of the generator")
+method_flag("lr_z_meta", 5e-3, "fast_meta_imagenet: meta learning rate of the persistent latents z")
+method_flag("reinit", 0, "fast_meta_imagenet: draw new z and restart the meta optimiser every N synthesis calls "
+                         "(0: never)")
+method_flag("rand_label", 1, "fast_meta_imagenet: 1 new random targets every call, 0 one fixed target per latent")
 
 SYNTHESIS_CROP_SCALE = (0.75, 1.0)
 KD_CROP_SCALE = (0.08, 1.0)
@@ -120,7 +127,7 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
 
     def sample(self):
         with torch.no_grad():
-            return self.kd_aug(self.pool.sample(self.sample_batch_size))
+            return KDBatch(self.kd_aug(self.pool.sample(self.sample_batch_size)))
 
     def state_dict(self):
         return {**super().state_dict(), "generator": self.generator.state_dict(), "z": self.z.detach(),

@@ -23,7 +23,11 @@ from datafree.criterions import activation, class_balance, kldiv
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator
 
-from .base import BaseSynthesizer, loss_report, register_synthesizer
+from .base import BaseSynthesizer, KDBatch, loss_report, register_synthesizer
+from .flags import TERMS, method_flag
+
+method_flag("act", 0.0, "weight of DAFL's activation term", group=TERMS)
+method_flag("balance", 0.0, "weight of the class-balance term", group=TERMS)
 
 
 def l1_logits(student_logits, teacher_logits):
@@ -82,7 +86,7 @@ class GenerativeSynthesizer(BaseSynthesizer):
     def sample(self):
         z = torch.randn(self.sample_batch_size, self.nz, device=self.device)
         with self.precision.autocast():
-            return self.normalizer(self.generator(z)).float()
+            return KDBatch(self.normalizer(self.generator(z)).float())
 
     def state_dict(self):
         return {**super().state_dict(), "generator": self.generator.state_dict(),
@@ -114,5 +118,5 @@ class DFADSynthesizer(GenerativeSynthesizer):
     def divergence(self, student_logits, teacher_logits):
         return l1_logits(student_logits, teacher_logits)
 
-    def kd_loss(self, student_logits, teacher_logits):
+    def kd_loss(self, batch, student_logits, teacher_logits):
         return l1_logits(student_logits, teacher_logits)

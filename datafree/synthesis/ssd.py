@@ -37,13 +37,45 @@ import torch.nn.functional as F
 from datafree import distributed
 from datafree.criterions import kldiv_per_sample
 from datafree.errors import UsageError
-from datafree.pool import PrioritizedPool
+from datafree.pool import REPLACE_RULES, PrioritizedPool
 
-from .base import pool_options, register_synthesizer
+from .base import KDBatch, pool_options, register_synthesizer
 from .fast import FastMetaSynthesizer
+from .flags import method_flag
 
 BUFFER_SHARE = 0.1   # the paper's buffer: 10% of the original training set
 SAMPLING = ("policy", "priority", "uniform")
+
+SSD = "SSD-KD (--method ssd; docs/ssd_kd.md: what is from the paper and what is ours)"
+method_flag("ssd_buffer_size", 0, "images the replay buffer holds (default 0: 10%% of the dataset's training set); "
+                                  "under torchrun the total, each process holding its share", group=SSD)
+method_flag("ssd_kd_passes", 0.0, "passes over the buffer per epoch, which set its KD steps (default 0: as many "
+                                  "passes as --ep_steps x --batch_size make over the real training set, Fast's "
+                                  "schedule)", group=SSD)
+method_flag("ssd_refresh_every", 0, "once the buffer is full, a synthesis call before every K-th KD step (default 0: "
+                                    "by --ssd_refresh_share)", metavar="K", group=SSD)
+method_flag("ssd_refresh_share", 0.0, "once the buffer is full, the share of it renewed per epoch by synthesis calls "
+                                      "of --ssd_replace each (default 0: one call per epoch)", group=SSD)
+method_flag("ssd_sampling", "policy", "how KD batches are drawn from the buffer: a learned policy (REINFORCE, "
+                                      "rewarded by the student's progress on its draws), fixed priorities "
+                                      "(prioritised replay), or uniformly", choices=SAMPLING, group=SSD)
+method_flag("ssd_policy_lr", 0.05, "learning rate of the sampling policy (--ssd_sampling policy)", group=SSD)
+method_flag("ssd_phi", 1, "1: the modulating function phi weighs inversion and KD; 0: every sample weighs 1",
+            choices=(0, 1), group=SSD)
+method_flag("ssd_gamma", 2.0, "difficulty exponent of the modulating function: (1 - teacher confidence)^gamma",
+            group=SSD)
+method_flag("ssd_beta", 0.4, "importance-sampling exponent at the start; it rises linearly to 1 by the last KD step",
+            group=SSD)
+method_flag("ssd_alpha", 0.6, "priority exponent: P(i) proportional to priority_i^alpha (--ssd_sampling priority), "
+                              "and the policy's starting point", group=SSD)
+method_flag("ssd_min_weight", 0.0, "floor of the modulating weight phi (mean 1 before the floor and the cap): with a "
+                                   "confident teacher most images' focal factor is near 0, and without a floor they "
+                                   "drop out of the KD loss", group=SSD)
+method_flag("ssd_max_weight", 3.0, "cap of the modulating weight phi (mean 1 over a batch) of one sample", group=SSD)
+method_flag("ssd_replace", 0.25, "share of a full buffer that one refresh call synthesises and replaces (at most one "
+                                 "synthesis batch)", group=SSD)
+method_flag("ssd_replace_rule", "priority", "which stored images a full buffer gives up: lowest priority, oldest, or "
+                                            "random", choices=REPLACE_RULES, group=SSD)
 PHI_FLOOR = 1e-3     # the policy's phi feature is log(max(phi, PHI_FLOOR)): finite for any difficulty
 
 
@@ -220,7 +252,6 @@ class SSDSynthesizer(FastMetaSynthesizer):
         self.total_kd_steps = self.steps_per_epoch * (c.epochs - c.warmup)
         self.policy = SamplingPolicy(c.ssd_alpha, c.ssd_policy_lr, device) if c.ssd_sampling == "policy" else None
         self.steps_done = 0     # KD steps drawn so far (the clock of staleness, beta and --ssd_refresh_every)
-        self.drawn = None       # the batch of the last sample(), until kd_loss
         self.probe = None       # the last KD step's batch, until the next sample() measures its progress
 
     # ------------------------------------------------------------------ schedule
@@ -293,14 +324,12 @@ class SSDSynthesizer(FastMetaSynthesizer):
             images, index, is_weights = self.pool.sample_from(probs, self.sample_batch_size, beta)
             inputs = self.aug(images)
             policy_input = None if features is None else (features[index], probs @ features)
-            self.drawn = {"index": index, "weights": is_weights * phi[index], "inputs": inputs,
-                          "policy": policy_input}
-            return inputs
+            return KDBatch(inputs, {"index": index, "weights": is_weights * phi[index], "policy": policy_input})
 
-    def kd_loss(self, student_logits, teacher_logits):
-        if self.drawn is None:
-            raise RuntimeError("SSD-KD's kd_loss needs the batch of a preceding sample() call")
-        drawn, self.drawn = self.drawn, None
+    def kd_loss(self, batch, student_logits, teacher_logits):
+        drawn = batch.draw
+        if drawn is None:
+            raise ValueError("SSD-KD's kd_loss weighs a batch of its own sample(), which carries the drawn rows")
         index = drawn["index"]
         per_sample = kldiv_per_sample(student_logits.float(), teacher_logits.float(), T=self.config.T)
         with torch.no_grad():      # the KD step's own outputs refresh what the buffer knows of these images
@@ -310,7 +339,7 @@ class SSDSynthesizer(FastMetaSynthesizer):
             self.pool.label[index] = predicted
             self.pool.touched[index] = self.steps_done
         if drawn["policy"] is not None:
-            self.probe = {"inputs": drawn["inputs"], "teacher_logits": teacher_logits.detach(),
+            self.probe = {"inputs": batch.images, "teacher_logits": teacher_logits.detach(),
                           "before": per_sample.detach(), "policy": drawn["policy"]}
         self.steps_done += 1
         return (drawn["weights"].to(per_sample.dtype) * per_sample).mean()

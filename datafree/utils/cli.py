@@ -15,10 +15,10 @@ from datafree.tasks import Classification
 from datafree.utils.misc import select_device, set_seed
 
 
-def add_data_args(parser, dataset_choices, default_dataset="digits"):
+def add_data_args(parser, dataset_choices, default_dataset="digits", purpose=None):
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default=default_dataset, choices=dataset_choices,
-                       help="registered dataset (default: %(default)s, offline)")
+                       help=f"registered dataset{' ' + purpose if purpose else ''} (default: %(default)s)")
     group.add_argument("--data_root", default="data", help="root folder of the datasets (default: %(default)s)")
     group.add_argument("--download", action="store_true",
                        help="let torchvision download the dataset into --data_root if it is missing")
@@ -27,10 +27,10 @@ def add_data_args(parser, dataset_choices, default_dataset="digits"):
     return group
 
 
-def add_optim_args(parser, lr, epochs, batch_size):
-    group = parser.add_argument_group("optimisation (SGD with a cosine schedule)")
+def add_optim_args(parser, lr, epochs, batch_size, schedule="cosine"):
+    group = parser.add_argument_group(f"optimisation (SGD, {schedule})")
     group.add_argument("-b", "--batch-size", "--batch_size", dest="batch_size", default=batch_size, type=int,
-                       help="mini-batch size (default: %(default)s)")
+                       help="mini-batch size; under torchrun the total over the GPUs of one node (default: %(default)s)")
     group.add_argument("--lr", "--learning-rate", dest="lr", default=lr, type=float,
                        help="initial learning rate (default: %(default)s)")
     group.add_argument("--epochs", "--epoch", dest="epochs", default=epochs, type=int,
@@ -41,8 +41,22 @@ def add_optim_args(parser, lr, epochs, batch_size):
     return group
 
 
-def add_run_args(parser):
+def add_distillation_args(parser, model_choices, teacher, student, T):
+    group = parser.add_argument_group("distillation")
+    group.add_argument("--teacher", default=teacher, choices=model_choices,
+                       help="teacher architecture (default: %(default)s)")
+    group.add_argument("--student", default=student, choices=model_choices,
+                       help="student architecture (default: %(default)s)")
+    group.add_argument("--teacher_ckpt", default=None, metavar="PATH",
+                       help="teacher checkpoint (default: checkpoints/pretrained/{dataset}_{teacher}.pth)")
+    group.add_argument("--T", default=T, type=float, help="distillation temperature (default: %(default)s)")
+    return group
+
+
+def add_run_args(parser, print_freq="log the training loss every N iterations (default: 0, once per epoch)"):
     group = parser.add_argument_group("run")
+    group.add_argument("--config", default=None, metavar="YAML",
+                       help="YAML file of flag values (flag names without '--'); command-line flags override it")
     group.add_argument("--output", default=None,
                        help="run folder for log.txt, tb/, last.pth and best.pth (default: see above)")
     group.add_argument("--resume", nargs="?", const="auto", default="", metavar="PATH",
@@ -54,11 +68,18 @@ def add_run_args(parser):
     group.add_argument("--gpu", default=None, type=int,
                        help="GPU index; -1 for the CPU (default: the first GPU if any, else the CPU)")
     group.add_argument("--seed", default=0, type=int, help="random seed (default: %(default)s)")
-    group.add_argument("-p", "--print_freq", "--print-freq", dest="print_freq", default=0, type=int,
-                       help="log the training loss every N iterations (default: 0, once per epoch)")
+    group.add_argument("-p", "--print_freq", "--print-freq", dest="print_freq", default=0, type=int, help=print_freq)
     group.add_argument("--log_tag", default="", help="suffix for the default run folder name")
     add_dist_args(group)
     return group
+
+
+def parse_with_config(parser, argv=None):
+    """Parse ``argv``; the values of its --config file become defaults that the command line overrides."""
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**read_config(parser, known.config))
+    return parser.parse_args(argv)
 
 
 def add_dist_args(group):
