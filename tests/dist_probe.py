@@ -60,9 +60,9 @@ def main():
             record["kd_steps"] += 1
             if rank == signal_rank and record["kd_steps"] == signal_step:
                 os.kill(os.getpid(), signal.SIGTERM)
-            images = real_sample()
-            batches.append(images.detach().clone())
-            return images
+            batch = real_sample()
+            batches.append(batch.images.detach().clone())
+            return batch
 
         entry = {"generator": clone_state(synthesizer.generator), "before": clone_state(module)}
         synthesizer.sample = sample

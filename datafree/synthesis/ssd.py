@@ -24,8 +24,8 @@ set's size), and the run's work follows the buffer, not the training set:
   updated by REINFORCE, the reward of a draw being the student's progress on that image (its
   KL before the KD step minus after it, measured on the same augmented view).
 
-``kd_loss`` refers to the batch that the last ``sample()`` returned (the engine calls them in
-that order). Every choice beyond the paper is a flag; docs/ssd_kd.md says, line by line, what is
+``sample()`` returns the drawn buffer rows and their weights with the images (a KDBatch), and
+``kd_loss`` weighs the batch it is given. Every choice beyond the paper is a flag; docs/ssd_kd.md says, line by line, what is
 the paper's and what is ours.
 """
 import contextlib
