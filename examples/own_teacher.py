@@ -1,7 +1,7 @@
 """Your own teacher, distilled without data.
 
 Trains a small CNN (a stand-in for any nn.Module classifier with BatchNorm layers) on the offline
-digits, then distils it into a four times narrower CNN with ``datafree.distill``, from synthetic
+digits, then distils it into a CNN half as wide with ``datafree.distill``, from synthetic
 images only: the student never sees a digit. The test set only measures it.
 
     pip install -e . && python examples/own_teacher.py
@@ -55,7 +55,7 @@ def main(argv=None):
     teacher = train(small_cnn(width=32), train_set, args.teacher_epochs)
 
     student, summary = datafree.distill(
-        teacher, small_cnn(width=8), method="fast_meta",
+        teacher, small_cnn(width=16), method="fast_meta",
         input_shape=(3, 32, 32), mean=DIGITS_MEAN, std=DIGITS_STD, num_classes=10,
         epochs=args.epochs, val_data=test_set, synthesis_channels=1,
         g_steps=5, lr_g=3e-3, lr_z=0.01, bn=10.0, oh=0.4, adv=1.1, bn_mmt=0.9, T=20,
