@@ -20,14 +20,15 @@ datafree_kd.py, and appear in their ``--help``. Segmentation works the same way:
 """
 import os
 
-import torch.nn as nn
 from torchvision import datasets
 from torchvision import transforms as T
 
 from datafree.datasets import DIGITS_MEAN, DIGITS_STD, NYUv2, SHAPES_MEAN, SHAPES_STD, Digits, LazyDataset, Shapes
 from datafree.datasets.seg_transforms import segmentation_transforms
-from datafree.models import classifiers, deeplab
-from datafree.errors import DatasetNotFoundError, UnknownNameError, UsageError
+from datafree.errors import DatasetNotFoundError, UsageError
+from datafree.models.registry import (IMAGENET_MODEL_DICT, MODEL_DICT, SEGMENTATION_MODEL_DICT,  # noqa: F401
+                                      get_model, model_names, model_task, register_model)
+from datafree.models.torchvision_weights import SEGMENTATION_BACKBONES, TORCHVISION_WEIGHTS  # noqa: F401
 from datafree.tasks import build_task
 from datafree.utils.registry import Registry
 
@@ -43,36 +44,12 @@ NORMALIZE_DICT = {
     'shapes': dict(mean=SHAPES_MEAN, std=SHAPES_STD),
 }
 
-# CIFAR-sized classifiers, built as MODEL_DICT[name](num_classes=N).
-MODEL_DICT = Registry('model')
-# ImageNet classifiers, built as IMAGENET_MODEL_DICT[name]() with 1000 classes.
-IMAGENET_MODEL_DICT = Registry('ImageNet model')
-# Segmentation models, built as SEGMENTATION_MODEL_DICT[name](num_classes=N); logits (N, classes, H, W).
-SEGMENTATION_MODEL_DICT = Registry('segmentation model')
 # Datasets: DATASET_DICT[name](data_root, download) -> (train_set, val_set).
 DATASET_DICT = Registry('dataset')
 DATASET_NUM_CLASSES = {}
 DATASET_TASKS = {}   # name -> (task name, task options), see datafree/tasks.py
 DATASET_HFLIP = {}   # name -> whether a horizontal flip keeps an image's class (augmentations follow it)
 DATASET_TRAIN_SIZES = {}   # name -> images in the training split, where declared (no need to read it)
-
-# torchvision's ImageNet weights for the ImageNet models (same state-dict layout as ours).
-TORCHVISION_WEIGHTS = {
-    'resnet18_imagenet': ('resnet18', 'ResNet18_Weights'),
-    'resnet50_imagenet': ('resnet50', 'ResNet50_Weights'),
-    'mobilenetv2_imagenet': ('mobilenet_v2', 'MobileNet_V2_Weights'),
-}
-# DeepLab backbones initialised from those ImageNet classifiers (pretrained=True).
-SEGMENTATION_BACKBONES = {'deeplabv3_resnet50': 'resnet50_imagenet', 'deeplabv3_mobilenet': 'mobilenetv2_imagenet'}
-
-
-def register_model(name, imagenet=False, segmentation=False):
-    """Decorator: register ``fn(num_classes)`` (or ``fn()`` with 1000 classes if ``imagenet``;
-    a segmentation model if ``segmentation``)."""
-    if segmentation:
-        return SEGMENTATION_MODEL_DICT.register(name)
-    return (IMAGENET_MODEL_DICT if imagenet else MODEL_DICT).register(name)
-
 
 def register_dataset(name, num_classes, mean, std, task='classification', train_size=None, hflip=True,
                      **task_options):
@@ -96,15 +73,6 @@ def register_dataset(name, num_classes, mean, std, task='classification', train_
         NORMALIZE_DICT[name] = dict(mean=tuple(mean), std=tuple(std))
         return builder
     return add
-
-
-def model_names():
-    return sorted(MODEL_DICT) + sorted(IMAGENET_MODEL_DICT) + sorted(SEGMENTATION_MODEL_DICT)
-
-
-def model_task(name):
-    """The task a registered model solves: 'segmentation' or 'classification'."""
-    return 'segmentation' if name in SEGMENTATION_MODEL_DICT else 'classification'
 
 
 def get_task(dataset):
@@ -131,123 +99,11 @@ def dataset_names():
     return sorted(DATASET_DICT)
 
 
-def get_model(name, num_classes, pretrained=False, task=None):
-    """Build a registered model with ``num_classes`` outputs.
-
-    ``pretrained`` only applies to ImageNet models (torchvision's weights, downloaded on
-    first use) and to the DeepLab models of the original release (their backbone gets the
-    ImageNet weights); CIFAR teachers are loaded from checkpoints by the entry scripts. With a
-    ``task`` (datafree.tasks), a model made for another task is refused.
-    """
-    if task is not None and name in set(model_names()) and model_task(name) != task.name:
-        fitting = [n for n in model_names() if model_task(n) == task.name]
-        raise UsageError(f"model '{name}' is made for {model_task(name)}, but the dataset is a {task.name} "
-                         f"task; choose one of: {', '.join(fitting)}")
-    if name in SEGMENTATION_MODEL_DICT:
-        model = SEGMENTATION_MODEL_DICT[name](num_classes=num_classes)
-        if pretrained:
-            if name not in SEGMENTATION_BACKBONES:
-                raise UsageError(f"there are no built-in pretrained weights for '{name}'; load a checkpoint instead")
-            _load_backbone(model, _torchvision_state_dict(SEGMENTATION_BACKBONES[name]))
-        return model
-    if name in IMAGENET_MODEL_DICT:
-        model = IMAGENET_MODEL_DICT[name]()
-        if pretrained:
-            model.load_state_dict(_torchvision_state_dict(name))
-        if num_classes != 1000:
-            _replace_classifier(model, num_classes)
-        return model
-    if name not in MODEL_DICT:
-        raise UnknownNameError(f"unknown model '{name}'; choose one of: {', '.join(model_names())}")
-    if pretrained:
-        raise UsageError(f"there are no built-in pretrained weights for '{name}'; "
-                         f"load a checkpoint instead (checkpoints/pretrained/<dataset>_{name}.pth)")
-    return MODEL_DICT[name](num_classes=num_classes)
-
-
 def get_dataset(name, data_root='data', download=False):
     """Return ``(num_classes, train_set, val_set)`` for a registered dataset."""
     builder = DATASET_DICT.lookup(name)
     train_set, val_set = builder(os.path.expanduser(data_root), download=download)
     return DATASET_NUM_CLASSES[name], train_set, val_set
-
-
-def _torchvision_state_dict(name):
-    import torchvision.models
-
-    arch, weights_enum = TORCHVISION_WEIGHTS[name]
-    weights = getattr(torchvision.models, weights_enum).IMAGENET1K_V1
-    try:
-        return weights.get_state_dict(progress=True)
-    except OSError as err:
-        raise UsageError(
-            f"could not download torchvision's {arch} weights ({err}); without internet, "
-            f"download {weights.url} elsewhere and pass it with --teacher_ckpt") from err
-
-
-def _load_backbone(model, classifier_state):
-    """Copy an ImageNet classifier's weights into a DeepLab backbone (torchvision key names:
-    ResNet keys as they are; MobileNetV2 'features.i' -> low_/high_level_features.i); the
-    classifier's own last layers have no place in the backbone and are left out."""
-    backbone = model.backbone.state_dict()
-    state = {}
-    for key, value in classifier_state.items():
-        if key.startswith('features.'):
-            index = int(key.split('.')[1])
-            part = 'low_level_features' if index < deeplab.MobileNetV2Features.LOW_LEVEL_BLOCKS else 'high_level_features'
-            key = f"{part}.{key[len('features.'):]}"
-        if key in backbone:
-            state[key] = value
-    missing = set(backbone) - set(state)
-    if missing:
-        raise UsageError(f"the ImageNet weights do not cover the backbone ({len(missing)} tensors missing, "
-                         f"e.g. {sorted(missing)[0]})")
-    model.backbone.load_state_dict(state)
-
-
-def _replace_classifier(model, num_classes):
-    if isinstance(getattr(model, 'fc', None), nn.Linear):
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
-    else:
-        model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
-
-
-# --------------------------------------------------------------------------- models
-for _name, _fn in {
-    # Wide ResNets of ZSKT
-    'wrn16_1': classifiers.wresnet.wrn_16_1,
-    'wrn16_2': classifiers.wresnet.wrn_16_2,
-    'wrn40_1': classifiers.wresnet.wrn_40_1,
-    'wrn40_2': classifiers.wresnet.wrn_40_2,
-    # RepDistiller's CIFAR models
-    'resnet8': classifiers.resnet_tiny.resnet8,
-    'resnet20': classifiers.resnet_tiny.resnet20,
-    'resnet32': classifiers.resnet_tiny.resnet32,
-    'resnet56': classifiers.resnet_tiny.resnet56,
-    'resnet110': classifiers.resnet_tiny.resnet110,
-    'resnet8x4': classifiers.resnet_tiny.resnet8x4,
-    'resnet32x4': classifiers.resnet_tiny.resnet32x4,
-    'vgg8': classifiers.vgg.vgg8_bn,
-    'vgg11': classifiers.vgg.vgg11_bn,
-    'vgg13': classifiers.vgg.vgg13_bn,
-    'shufflenetv2': classifiers.shufflenetv2.shuffle_v2,
-    'mobilenetv2': classifiers.mobilenetv2.mobilenet_v2,
-    # DAFL's CIFAR ResNets
-    'resnet18': classifiers.resnet.resnet18,
-    'resnet34': classifiers.resnet.resnet34,
-    'resnet50': classifiers.resnet.resnet50,
-}.items():
-    register_model(_name)(_fn)
-
-register_model('resnet18_imagenet', imagenet=True)(classifiers.resnet_in.resnet18)
-register_model('resnet50_imagenet', imagenet=True)(classifiers.resnet_in.resnet50)
-register_model('mobilenetv2_imagenet', imagenet=True)(classifiers.mobilenetv2.mobilenet_v2)
-
-# DeepLabV3 of the original release (output stride 8), and this project's CPU-sized variant.
-register_model('deeplabv3_resnet50', segmentation=True)(deeplab.deeplabv3_resnet50)
-register_model('deeplabv3_mobilenet', segmentation=True)(deeplab.deeplabv3_mobilenet)
-register_model('deeplabv3_tiny', segmentation=True)(deeplab.deeplabv3_tiny)
-register_model('deeplabv3_tiny_s', segmentation=True)(deeplab.deeplabv3_tiny_s)
 
 
 # ------------------------------------------------------------------------- datasets
