@@ -47,6 +47,7 @@ import datafree_kd  # noqa: E402
 import registry  # noqa: E402
 from datafree import distributed, engine  # noqa: E402
 from datafree.checkpoint import atomic_save, read_summary  # noqa: E402
+from datafree.datasets.transforms import cifar_style  # noqa: E402
 from datafree.engine import now  # noqa: E402
 from datafree.precision import Precision, native_bfloat16  # noqa: E402
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer  # noqa: E402
@@ -90,7 +91,7 @@ def register_random_dataset(test_size):
 
     @registry.register_dataset(RANDOM_DATASET, num_classes=10, **registry.NORMALIZE_DICT["cifar10"])
     def build(data_root, download=False):
-        train_tf, val_tf = registry._cifar_style("cifar10")
+        train_tf, val_tf = cifar_style("cifar10")
         return RandomImages(512, train_tf, seed=0), RandomImages(test_size, val_tf, seed=1)
 
 

@@ -23,8 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from datafree.errors import UsageError  # noqa: E402
-from datafree.tables import cell_status, load_spec, write_runner, write_table  # noqa: E402
 from datafree.utils.cli import run_cli  # noqa: E402
+from paper_tables import cell_status, load_spec, write_runner, write_table  # noqa: E402
 
 
 def build_parser():

@@ -6,6 +6,7 @@ from torchvision import transforms as T
 
 import registry
 from datafree.augment import RandomCropFlip, crop_flip_normalize
+from datafree.datasets.transforms import cifar_style
 from datafree.synthesis import SYNTHESIZERS
 from datafree.synthesis.deepinv import jitter_and_flip
 from datafree.tasks import build_task
@@ -47,8 +48,7 @@ def test_custom_dataset_declares_flips_default_valid():
         assert registry.get_task("flip_test_photos").hflip is True
     finally:
         for name in ("flip_test_letters", "flip_test_photos"):
-            del registry.DATASET_DICT[name], registry.DATASET_NUM_CLASSES[name], registry.NORMALIZE_DICT[name]
-            del registry.DATASET_TASKS[name], registry.DATASET_HFLIP[name]
+            del registry.DATASET_DICT[name]
 
 
 def test_digits_training_transform_does_not_flip():
@@ -59,7 +59,7 @@ def test_digits_training_transform_does_not_flip():
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "tiny_imagenet"])
 def test_natural_image_training_transforms_still_flip(name):
-    train_tf, _ = registry._cifar_style(name)
+    train_tf, _ = cifar_style(name)
     assert T.RandomHorizontalFlip in [type(t) for t in train_tf.transforms]
 
 

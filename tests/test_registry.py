@@ -53,12 +53,18 @@ def test_register_custom_model_and_dataset():
         model = registry.get_model("tiny_test_net", num_classes)
         assert model(train_set[0][0][None]).shape == (1, 3)
         assert registry.NORMALIZE_DICT["tiny_test_data"] == dict(mean=(0.5,) * 3, std=(0.25,) * 3)
+        entry = registry.DATASET_DICT["tiny_test_data"]   # one record holds all that was declared
+        assert (entry.num_classes, entry.task, entry.hflip, entry.train_size) == (3, "classification", True, None)
+        with pytest.raises(TypeError):   # the per-field tables are views of the records, not copies
+            registry.NORMALIZE_DICT["tiny_test_data"] = dict(mean=(0.0,) * 3, std=(1.0,) * 3)
         with pytest.raises(ValueError, match="already registered"):
             registry.register_model("tiny_test_net")(tiny)
     finally:
         del registry.MODEL_DICT["tiny_test_net"], registry.DATASET_DICT["tiny_test_data"]
-        del registry.DATASET_NUM_CLASSES["tiny_test_data"], registry.NORMALIZE_DICT["tiny_test_data"]
-        del registry.DATASET_TASKS["tiny_test_data"], registry.DATASET_HFLIP["tiny_test_data"]
+    # A dataset is one record: removing it removes its class count, normalisation, task and flip flag.
+    for table in (registry.DATASET_NUM_CLASSES, registry.NORMALIZE_DICT, registry.DATASET_TASKS,
+                  registry.DATASET_HFLIP):
+        assert "tiny_test_data" not in table
 
 
 def test_digits_split_is_fixed_stratified_70_30():

@@ -22,6 +22,7 @@ from datafree.datasets.seg_transforms import Compose, RandomCrop, RandomHorizont
 from datafree.engine import evaluate
 from datafree.errors import CheckpointError, DatasetNotFoundError, UsageError
 from datafree.models.generator import DeepGenerator
+from datafree.models.torchvision_weights import load_backbone
 from datafree.tasks import Classification, ConfusionMatrixMetric, Segmentation
 
 # The small confusion case: 2 x 4 pixels, 3 classes, two pixels ignored (255).
@@ -289,9 +290,9 @@ def test_imagenet_weights_fill_the_deeplab_backbones():
     torch.manual_seed(0)
     source = torchvision.models.mobilenet_v2().state_dict()
     model = registry.get_model("deeplabv3_mobilenet", 13)
-    registry._load_backbone(model, source)
+    load_backbone(model, source)
     state = model.backbone.state_dict()
     assert torch.equal(state["low_level_features.0.0.weight"], source["features.0.0.weight"])
     assert torch.equal(state["high_level_features.17.conv.2.weight"], source["features.17.conv.2.weight"])
     with pytest.raises(UsageError, match="do not cover the backbone"):
-        registry._load_backbone(registry.get_model("deeplabv3_resnet50", 13), source)
+        load_backbone(registry.get_model("deeplabv3_resnet50", 13), source)

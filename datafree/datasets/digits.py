@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .registry import register_dataset
+from .transforms import cifar_style
+
 SPLIT_SEED = 0
 TEST_FRACTION = 0.3
 IMAGE_SIZE = 32
@@ -64,3 +67,10 @@ class Digits(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]
+
+
+# Digits are not mirror-symmetric (a mirrored 2, 3 or 7 is no digit), hence hflip=False.
+@register_dataset('digits', num_classes=10, mean=DIGITS_MEAN, std=DIGITS_STD, hflip=False)
+def build_digits(data_root, download=False):
+    train_tf, val_tf = cifar_style('digits')
+    return Digits(train=True, transform=train_tf), Digits(train=False, transform=val_tf)

@@ -1,8 +1,11 @@
-"""A flat or nested folder of images without labels (a transfer set, or synthetic images)."""
+"""Data on disk: a flat or nested folder of images without labels (a transfer set, or synthetic
+images), a dataset built on first use, and the one-sentence error for data that is not there."""
 import os
 
 import torch
 from PIL import Image
+
+from datafree.errors import DatasetNotFoundError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -67,3 +70,9 @@ class LazyDataset(torch.utils.data.Dataset):
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+def require_path(path, what, how):
+    """Fail with one sentence saying where ``what`` was looked for and ``how`` to get it."""
+    if not os.path.exists(path):
+        raise DatasetNotFoundError(f"{what} is not at {path}; {how}")

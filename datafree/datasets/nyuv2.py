@@ -14,7 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datafree.errors import DatasetNotFoundError
+from datafree.errors import DatasetNotFoundError, UsageError
+
+from .registry import register_dataset
+from .seg_transforms import segmentation_transforms
 
 NYUV2_NUM_CLASSES = 13
 NYUV2_SPLIT_SIZES = {"train": 795, "test": 654}
@@ -71,3 +74,22 @@ class NYUv2(torch.utils.data.Dataset):
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)
         return image, mask
+
+
+# As the original release: images resized to a shorter side of 256 and 128x128 training
+# crops; ours also draws a random scale in [0.5, 2] before the crop. Test images are the
+# whole resized image (256 x 341).
+NYUV2_BASE_SIZE, NYUV2_CROP_SIZE, NYUV2_SCALE = 256, 128, (0.5, 2.0)
+NYUV2_MEAN = NYUV2_STD = (0.5, 0.5, 0.5)
+
+
+@register_dataset('nyuv2', num_classes=NYUV2_NUM_CLASSES, task='segmentation', ignore_index=255,
+                  mean=NYUV2_MEAN, std=NYUV2_STD)
+def build_nyuv2(data_root, download=False):
+    if download:
+        raise UsageError("NYUv2 cannot be downloaded by this project; put it in place as docs/segmentation.md says "
+                         "and drop --download")
+    root = os.path.join(data_root, 'NYUv2')
+    train_tf, val_tf = segmentation_transforms(NYUV2_MEAN, NYUV2_STD, crop_size=NYUV2_CROP_SIZE,
+                                               base_size=NYUV2_BASE_SIZE, scale=NYUV2_SCALE)
+    return NYUv2(root, 'train', transforms=train_tf), NYUv2(root, 'test', transforms=val_tf)

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .registry import register_dataset
+from .seg_transforms import segmentation_transforms
+
 SHAPES_CLASSES = ("background", "disc", "square", "triangle", "cross")
 CLASS_HUES = {1: 0.0, 2: 120.0, 3: 240.0, 4: 60.0}   # degrees: red, green, blue, yellow
 IMAGE_SIZE = 64
@@ -97,3 +100,11 @@ class Shapes(torch.utils.data.Dataset):
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)
         return image, mask
+
+
+@register_dataset('shapes', num_classes=Shapes.num_classes, task='segmentation', ignore_index=255,
+                  mean=SHAPES_MEAN, std=SHAPES_STD)
+def build_shapes(data_root, download=False):
+    # 64x64 generated images: random scale in [0.75, 1.25], 64x64 crop (padded with the ignore index), flip.
+    train_tf, val_tf = segmentation_transforms(SHAPES_MEAN, SHAPES_STD, crop_size=64, scale=(0.75, 1.25))
+    return Shapes('train', transforms=train_tf), Shapes('test', transforms=val_tf)

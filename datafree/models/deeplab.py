@@ -20,6 +20,8 @@ from torchvision.models import mobilenet_v2, resnet50
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
+from datafree.models.registry import register_model
+
 # Atrous rates of the ASPP for each output stride (as in the DeepLabV3 paper).
 ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
 PROJECT_DROPOUT = 0.1
@@ -100,6 +102,7 @@ def _depthwise_or_stem_conv(block):
     return block[0]
 
 
+@register_model('deeplabv3_resnet50', segmentation=True)
 def deeplabv3_resnet50(num_classes=21, output_stride=8, pretrained_backbone=False):
     if pretrained_backbone:
         raise NotImplementedError("pretrained backbones are loaded by registry.get_model(pretrained=True)")
@@ -108,6 +111,7 @@ def deeplabv3_resnet50(num_classes=21, output_stride=8, pretrained_backbone=Fals
     return DeepLabV3(backbone, DeepLabHead(2048, num_classes, ASPP_RATES[output_stride]))
 
 
+@register_model('deeplabv3_mobilenet', segmentation=True)
 def deeplabv3_mobilenet(num_classes=21, output_stride=8, pretrained_backbone=False):
     if pretrained_backbone:
         raise NotImplementedError("pretrained backbones are loaded by registry.get_model(pretrained=True)")
@@ -151,12 +155,14 @@ class TinyBackbone(nn.Module):
         return {"out": self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))}
 
 
+@register_model('deeplabv3_tiny', segmentation=True)
 def deeplabv3_tiny(num_classes=21, width=16):
     backbone = TinyBackbone(width)
     head = DeepLabHead(backbone.out_channels, num_classes, rates=(2, 4, 6), channels=4 * width)
     return DeepLabV3(backbone, head)
 
 
+@register_model('deeplabv3_tiny_s', segmentation=True)
 def deeplabv3_tiny_s(num_classes=21):
     """Half the width of ``deeplabv3_tiny`` (about a quarter of its parameters): the demo's student."""
     return deeplabv3_tiny(num_classes, width=8)

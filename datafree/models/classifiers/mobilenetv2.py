@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datafree.models.registry import register_model
+
 # t (expansion), c (channels), n (repeats), s (first stride)
 INVERTED_RESIDUAL_SETTING = [
     [1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2],
@@ -79,5 +81,7 @@ class MobileNetV2(nn.Module):
         return (logits, features) if return_features else logits
 
 
+@register_model('mobilenetv2_imagenet', imagenet=True)
+@register_model('mobilenetv2')
 def mobilenet_v2(num_classes=1000):
     return MobileNetV2(num_classes=num_classes)

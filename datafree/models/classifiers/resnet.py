@@ -3,6 +3,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datafree.models.registry import register_model
+
 
 def _projection(in_planes, out_planes, stride):
     if stride == 1 and in_planes == out_planes:
@@ -77,13 +79,16 @@ class ResNet(nn.Module):
         return (logits, features) if return_features else logits
 
 
+@register_model('resnet18')
 def resnet18(num_classes=10):
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes)
 
 
+@register_model('resnet34')
 def resnet34(num_classes=10):
     return ResNet(BasicBlock, [3, 4, 6, 3], num_classes)
 
 
+@register_model('resnet50')
 def resnet50(num_classes=10):
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes)

@@ -2,6 +2,8 @@
 import torch
 import torch.nn as nn
 
+from datafree.models.registry import register_model
+
 
 def _conv3x3(in_planes, out_planes, stride=1):
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
@@ -95,6 +97,7 @@ class ResNet(nn.Module):
         return (logits, features) if return_features else logits
 
 
+@register_model('resnet18_imagenet', imagenet=True)
 def resnet18(num_classes=1000):
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes)
 
@@ -103,5 +106,6 @@ def resnet34(num_classes=1000):
     return ResNet(BasicBlock, [3, 4, 6, 3], num_classes)
 
 
+@register_model('resnet50_imagenet', imagenet=True)
 def resnet50(num_classes=1000):
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes)

@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datafree.models.registry import register_model
+
 from .resnet_in import BasicBlock, Bottleneck, make_stage
 
 
@@ -47,29 +49,36 @@ class ResNet(nn.Module):
         return (logits, features) if return_features else logits
 
 
+@register_model('resnet8')
 def resnet8(num_classes):
     return ResNet(8, [16, 16, 32, 64], "basicblock", num_classes=num_classes)
 
 
+@register_model('resnet20')
 def resnet20(num_classes):
     return ResNet(20, [16, 16, 32, 64], "basicblock", num_classes=num_classes)
 
 
+@register_model('resnet32')
 def resnet32(num_classes):
     return ResNet(32, [16, 16, 32, 64], "basicblock", num_classes=num_classes)
 
 
+@register_model('resnet56')
 def resnet56(num_classes):
     return ResNet(56, [16, 16, 32, 64], "basicblock", num_classes=num_classes)
 
 
+@register_model('resnet110')
 def resnet110(num_classes):
     return ResNet(110, [16, 16, 32, 64], "basicblock", num_classes=num_classes)
 
 
+@register_model('resnet8x4')
 def resnet8x4(num_classes):
     return ResNet(8, [32, 64, 128, 256], "basicblock", num_classes=num_classes)
 
 
+@register_model('resnet32x4')
 def resnet32x4(num_classes):
     return ResNet(32, [32, 64, 128, 256], "basicblock", num_classes=num_classes)

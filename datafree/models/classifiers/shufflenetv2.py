@@ -3,6 +3,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datafree.models.registry import register_model
+
 
 def channel_shuffle(x, groups=2):
     # (N, C, H, W) -> (N, g, C/g, H, W) -> swap -> (N, C, H, W)
@@ -79,5 +81,6 @@ class ShuffleNetV2(nn.Module):
         return (logits, features) if return_features else logits
 
 
+@register_model('shufflenetv2')
 def shuffle_v2(num_classes=10):
     return ShuffleNetV2(num_classes=num_classes)

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datafree.models.registry import register_model
+
 STAGE_WIDTHS = {
     "A": [[64], [128], [256, 256], [512, 512], [512, 512]],
     "B": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
@@ -68,13 +70,16 @@ class VGG(nn.Module):
         return (logits, features) if return_features else logits
 
 
+@register_model('vgg8')
 def vgg8_bn(num_classes=10):
     return VGG(STAGE_WIDTHS["S"], batch_norm=True, num_classes=num_classes)
 
 
+@register_model('vgg11')
 def vgg11_bn(num_classes=10):
     return VGG(STAGE_WIDTHS["A"], batch_norm=True, num_classes=num_classes)
 
 
+@register_model('vgg13')
 def vgg13_bn(num_classes=10):
     return VGG(STAGE_WIDTHS["B"], batch_norm=True, num_classes=num_classes)

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datafree.models.registry import register_model
+
 
 class WideBasicBlock(nn.Module):
     """BN-ReLU-conv-BN-ReLU-conv with an identity or 1x1 projection shortcut."""
@@ -79,17 +81,21 @@ class WideResNet(nn.Module):
         return (logits, features) if return_features else logits
 
 
+@register_model('wrn16_1')
 def wrn_16_1(num_classes, dropout_rate=0.0):
     return WideResNet(16, num_classes, widen_factor=1, dropout_rate=dropout_rate)
 
 
+@register_model('wrn16_2')
 def wrn_16_2(num_classes, dropout_rate=0.0):
     return WideResNet(16, num_classes, widen_factor=2, dropout_rate=dropout_rate)
 
 
+@register_model('wrn40_1')
 def wrn_40_1(num_classes, dropout_rate=0.0):
     return WideResNet(40, num_classes, widen_factor=1, dropout_rate=dropout_rate)
 
 
+@register_model('wrn40_2')
 def wrn_40_2(num_classes, dropout_rate=0.0):
     return WideResNet(40, num_classes, widen_factor=2, dropout_rate=dropout_rate)

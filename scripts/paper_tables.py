@@ -1,5 +1,8 @@
 """Paper tables from run folders: table specs, the cells they expand to, and the collector.
 
+The code behind scripts/reproduce_table.py, kept beside it: it reads the checkout's configs/tables/
+and runs the entry scripts, so it is no part of the installed datafree package.
+
 A table spec (YAML, ``configs/tables/*.yaml``) names a dataset, teacher/student pairs, seeds and
 rows. Each row is one script with its flags (``config`` preset and/or ``args``); every
 (row, pair, seed) is a *cell* with its own run folder ``ROOT/<row>/<teacher>-<student>/seed<k>``.
