@@ -32,7 +32,7 @@ from datafree.interrupt import StopSignals, finished_epochs, resume_hint
 from datafree.pool import REPLACE_RULES, STORAGES as POOL_STORAGES
 from datafree.precision import AUTO, MODES as PRECISIONS, Precision, resolve_mode
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer, require_task_support
-from datafree.synthesis.ssd import SAMPLING as SSD_SAMPLING
+from datafree.synthesis.ssd import REWARDS as SSD_REWARDS, SAMPLING as SSD_SAMPLING
 from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, read_config, run_cli, run_summary_info
 
 # Flags that belong to particular methods; setting one away from its default for a method
@@ -40,7 +40,8 @@ from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, r
 METHOD_FLAGS = ("adv", "bn", "oh", "act", "balance", "tv", "l2", "cr", "cr_T", "cmi_init", "lr_g", "lr_z",
                 "g_steps", "reset_l0", "reset_bn", "bn_mmt", "is_maml", "lr_g_meta", "lr_z_meta", "reinit", "rand_label",
                 "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight",
-                "ssd_min_weight", "ssd_sampling", "ssd_policy_lr", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every", "ssd_refresh_share")
+                "ssd_min_weight", "ssd_sampling", "ssd_policy_lr", "ssd_reward", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every",
+                "ssd_refresh_share")
 
 
 def build_parser():
@@ -115,6 +116,10 @@ def build_parser():
                           "student's progress on its draws), fixed priorities (prioritised replay), or uniformly")
     ssd.add_argument("--ssd_policy_lr", default=0.05, type=float,
                      help="learning rate of the sampling policy (--ssd_sampling policy)")
+    ssd.add_argument("--ssd_reward", default="relative", choices=SSD_REWARDS,
+                     help="the policy's reward for a draw: the student's progress on it, KL before its KD step minus "
+                          "after (progress), or that over KL before (relative: the share of the discrepancy removed, "
+                          "so images the student cannot fit do not earn the most)")
     ssd.add_argument("--ssd_phi", default=1, type=int, choices=(0, 1),
                      help="1: the modulating function phi weighs inversion and KD; 0: every sample weighs 1")
     ssd.add_argument("--ssd_gamma", default=2.0, type=float,
