@@ -32,7 +32,7 @@ from datafree.interrupt import StopSignals, finished_epochs, resume_hint
 from datafree.pool import REPLACE_RULES, STORAGES as POOL_STORAGES
 from datafree.precision import AUTO, MODES as PRECISIONS, Precision, resolve_mode
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer, require_task_support
-from datafree.synthesis.ssd import REWARDS as SSD_REWARDS, SAMPLING as SSD_SAMPLING
+from datafree.synthesis.ssd import POLICY_INITS as SSD_POLICY_INITS, REWARDS as SSD_REWARDS, SAMPLING as SSD_SAMPLING
 from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, read_config, run_cli, run_summary_info
 
 # Flags that belong to particular methods; setting one away from its default for a method
@@ -40,7 +40,7 @@ from datafree.utils.cli import evaluate_checkpoint, load_teacher, prepare_run, r
 METHOD_FLAGS = ("adv", "bn", "oh", "act", "balance", "tv", "l2", "cr", "cr_T", "cmi_init", "lr_g", "lr_z",
                 "g_steps", "reset_l0", "reset_bn", "bn_mmt", "is_maml", "lr_g_meta", "lr_z_meta", "reinit", "rand_label",
                 "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight",
-                "ssd_min_weight", "ssd_sampling", "ssd_policy_lr", "ssd_reward", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every",
+                "ssd_min_weight", "ssd_sampling", "ssd_policy_lr", "ssd_policy_init", "ssd_reward", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every",
                 "ssd_refresh_share")
 
 
@@ -116,6 +116,9 @@ def build_parser():
                           "student's progress on its draws), fixed priorities (prioritised replay), or uniformly")
     ssd.add_argument("--ssd_policy_lr", default=0.05, type=float,
                      help="learning rate of the sampling policy (--ssd_sampling policy)")
+    ssd.add_argument("--ssd_policy_init", default="priority", choices=SSD_POLICY_INITS,
+                     help="where the learned policy starts: prioritised replay's probabilities (priority^alpha) "
+                          "or uniform draws")
     ssd.add_argument("--ssd_reward", default="relative", choices=SSD_REWARDS,
                      help="the policy's reward for a draw: the student's progress on it, KL before its KD step minus "
                           "after (progress), or that over KL before (relative: the share of the discrepancy removed, "

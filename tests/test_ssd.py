@@ -340,6 +340,18 @@ def test_policy_is_rewarded_by_the_students_progress_on_its_draws(reward):
     assert len(index) == 8
 
 
+def test_policy_starts_as_prioritised_replay_or_uniform():
+    synth, _, _ = filled_synthesizer(ssd_sampling="policy")
+    synth.pool.update_priorities(torch.arange(12), torch.arange(1.0, 13.0))
+    probs, _ = synth.sampling_probabilities(synth.buffer_phi())
+    assert torch.allclose(probs, synth.pool.probabilities())          # theta = (alpha, 0, 0): p^alpha
+    flat, _, _ = filled_synthesizer(ssd_sampling="policy", ssd_policy_init="uniform")
+    flat.pool.update_priorities(torch.arange(12), torch.arange(1.0, 13.0))
+    assert flat.policy.theta.tolist() == [0.0, 0.0, 0.0]
+    probs, _ = flat.sampling_probabilities(flat.buffer_phi())
+    assert torch.allclose(probs, torch.full((12,), 1 / 12))
+
+
 def test_relative_reward_is_the_share_of_the_discrepancy_removed():
     before, after = torch.tensor([10.0, 1.0, 0.0]), torch.tensor([8.0, 0.5, 0.0])
     assert draw_rewards(before, after, "progress").tolist() == pytest.approx([2.0, 0.5, 0.0])

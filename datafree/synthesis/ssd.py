@@ -45,6 +45,7 @@ from .fast import FastMetaSynthesizer
 BUFFER_SHARE = 0.1   # the paper's buffer: 10% of the original training set
 SAMPLING = ("policy", "priority", "uniform")
 REWARDS = ("progress", "relative")
+POLICY_INITS = ("priority", "uniform")
 PHI_FLOOR = 1e-3     # the policy's phi feature is log(max(phi, PHI_FLOOR)): finite for any difficulty
 
 
@@ -189,7 +190,7 @@ class SamplingPolicy:
 class SSDSynthesizer(FastMetaSynthesizer):
     flags = (FastMetaSynthesizer.flags - {"cmi_init"}) | {
         "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight",
-        "ssd_min_weight", "ssd_sampling", "ssd_policy_lr", "ssd_reward", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every", "ssd_refresh_share"}
+        "ssd_min_weight", "ssd_sampling", "ssd_policy_lr", "ssd_policy_init", "ssd_reward", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every", "ssd_refresh_share"}
     distributed_ready = True   # each process its own buffer and policy; the generator is shared (fast_meta)
     tasks = frozenset({"classification"})   # per-sample priorities and class counts need one class per image
     pool_needs_logits = True
@@ -198,6 +199,8 @@ class SSDSynthesizer(FastMetaSynthesizer):
     def check_args(cls, args):
         if args.ssd_sampling not in SAMPLING:
             raise UsageError(f"--ssd_sampling must be one of {', '.join(SAMPLING)}, not '{args.ssd_sampling}'")
+        if args.ssd_policy_init not in POLICY_INITS:
+            raise UsageError(f"--ssd_policy_init must be one of {', '.join(POLICY_INITS)}, not '{args.ssd_policy_init}'")
         if args.ssd_reward not in REWARDS:
             raise UsageError(f"--ssd_reward must be one of {', '.join(REWARDS)}, not '{args.ssd_reward}'")
         if not 0 < args.ssd_replace <= 1:
@@ -230,7 +233,9 @@ class SSDSynthesizer(FastMetaSynthesizer):
         self.full_batch = self.batch_size
         self.steps_per_epoch = kd_steps_per_epoch(passes, capacity, self.sample_batch_size)
         self.total_kd_steps = self.steps_per_epoch * (c.epochs - c.warmup)
-        self.policy = SamplingPolicy(c.ssd_alpha, c.ssd_policy_lr, device) if c.ssd_sampling == "policy" else None
+        # the policy starts as prioritised replay (theta = (alpha, 0, 0)) or as uniform draws (theta = 0)
+        start = c.ssd_alpha if c.ssd_policy_init == "priority" else 0.0
+        self.policy = SamplingPolicy(start, c.ssd_policy_lr, device) if c.ssd_sampling == "policy" else None
         self.steps_done = 0     # KD steps drawn so far (the clock of staleness, beta and --ssd_refresh_every)
         self.drawn = None       # the batch of the last sample(), until kd_loss
         self.probe = None       # the last KD step's batch, until the next sample() measures its progress
