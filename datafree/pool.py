@@ -527,8 +527,8 @@ class PrioritizedPool(ImagePool):
     admitted at (``touched``). ``probabilities()`` is prioritised replay's
     ``P(i) = p_i^alpha / sum_j p_j^alpha``; ``sample_from(probs, ...)`` draws with replacement
     from any distribution over the stored images (SSD-KD's learned policy) and returns the
-    importance-sampling weights ``(n P(i))^-beta / max_j (n P(j))^-beta`` (n: images stored),
-    which correct the bias of the draws when beta = 1.
+    importance-sampling weights ``(n P(i))^-beta`` (n: images stored), which correct the bias of
+    the draws when beta = 1, divided by their mean over the batch drawn.
 
     While the pool has room, new images are appended. Once it holds ``capacity`` images, each
     ``add`` admits at most ``ceil(replace * capacity)`` of the new images (those ranked first by
@@ -642,11 +642,15 @@ class PrioritizedPool(ImagePool):
         return scaled / scaled.sum()
 
     def importance_weights(self, index, beta, probs=None):
-        """(n P(i))^-beta normalised by the largest weight any stored image could get (``probs``:
-        the distribution drawn from; default: ``probabilities()``)."""
+        """(n P(i))^-beta of the draws ``index``, normalised to mean 1 over them (``probs``: the
+        distribution drawn from; default: ``probabilities()``).
+
+        Self-normalised, not divided by the largest weight any stored image could get (PER's
+        rule): with a skewed P that divisor made every weight of a batch tiny and so shrank the
+        student's learning rate (on digits, priority draws learned slower than uniform ones)."""
         probs = self.probabilities() if probs is None else probs
         weights = (self.size * probs[index]) ** (-beta)
-        return weights / (self.size * probs.min()) ** (-beta)
+        return weights / weights.mean()
 
     def sample_from(self, probs, batch_size, beta, generator=None):
         """(images in [0, 1], indices, importance weights) of ``batch_size`` draws with

@@ -91,6 +91,7 @@ def make_config(**overrides):
                   lr_g_meta=1e-4, lr_z_meta=5e-3, reinit=0, rand_label=1, epochs=2, ep_steps=4, kd_steps=2,
                   train_size=100, ssd_buffer_size=0, ssd_gamma=2.0, ssd_beta=0.4, ssd_alpha=0.6, ssd_replace=0.1,
                   ssd_replace_rule="priority", ssd_max_weight=3.0, ssd_min_weight=0.0, ssd_sampling="policy", ssd_policy_lr=0.05,
+                  ssd_reward="relative", ssd_policy_init="priority",
                   ssd_phi=1, ssd_kd_passes=0.0, ssd_refresh_every=0, ssd_refresh_share=0.0)
     values.update(overrides)
     return SimpleNamespace(**values)

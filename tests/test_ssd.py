@@ -9,7 +9,7 @@ from datafree.criterions import adversarial_kl, kldiv_per_sample
 from datafree.pool import PrioritizedPool
 from datafree.synthesis import SYNTHESIZERS
 from datafree.synthesis.base import KDBatch
-from datafree.synthesis.ssd import (SamplingPolicy, buffer_weights, importance_beta, modulating_weights,
+from datafree.synthesis.ssd import (SamplingPolicy, buffer_weights, draw_rewards, importance_beta, modulating_weights,
                                     refresh_calls, split_steps)
 from tests.test_baselines import make_config
 
@@ -44,9 +44,13 @@ def test_importance_weights_equal_their_formula():
     beta = 0.4
     index = torch.tensor([0, 3, 3, 1])
     probs = [0.1, 0.2, 0.3, 0.4]
-    expected = [((4 * probs[i]) ** -beta) / ((4 * 0.1) ** -beta) for i in index.tolist()]
+    raw = [(4 * probs[i]) ** -beta for i in index.tolist()]
+    expected = [w / (sum(raw) / len(raw)) for w in raw]                # self-normalised: mean 1 over the batch
     assert torch.allclose(pool.importance_weights(index, beta), torch.tensor(expected))
-    assert pool.importance_weights(torch.tensor([0]), beta).item() == pytest.approx(1.0)  # rarest draw: 1
+    assert pool.importance_weights(torch.tensor([0]), beta).item() == pytest.approx(1.0)  # a single draw: 1
+    # a skewed P does not shrink the batch's weights (dividing by the rarest image's weight did)
+    skewed = filled_pool([1e-3, 1.0, 1.0, 1.0], alpha=1.0)
+    assert skewed.importance_weights(torch.tensor([1, 2, 3]), 1.0).tolist() == pytest.approx([1.0, 1.0, 1.0])
     assert importance_beta(0.4, 0, 100) == 0.4 and importance_beta(0.4, 50, 100) == pytest.approx(0.7)
     assert importance_beta(0.4, 150, 100) == 1.0
 
@@ -127,8 +131,10 @@ def test_ssd_kd_loss_weights_and_refreshes_drawn_priorities():
     batch = synth.sample()
     images, index, weights = batch.images, batch.draw["index"], batch.draw["weights"]
     beta = importance_beta(0.4, synth.steps_done, synth.total_kd_steps)
-    assert torch.allclose(weights, synth.pool.importance_weights(index, beta) * phi[index])
-    assert weights.max().item() <= 3.0 + 1e-6          # importance weights <= 1, phi capped at 3
+    is_weights = synth.pool.importance_weights(index, beta)
+    assert is_weights.mean().item() == pytest.approx(1.0)   # self-normalised over the batch
+    # phi over its buffer mean: the weights shift the loss between images, not its scale
+    assert torch.allclose(weights, is_weights * phi[index] / phi.mean())
     s_out, t_out = student(images), teacher(images)
     loss = synth.kd_loss(batch, s_out, t_out)
     per = kldiv_per_sample(s_out, t_out, T=4.0)
@@ -300,8 +306,9 @@ def test_policy_update_by_hand():
     assert torch.allclose(policy.theta, expected, atol=1e-5)
 
 
-def test_policy_is_rewarded_by_the_students_progress_on_its_draws():
-    synth, teacher, student = filled_synthesizer(ssd_sampling="policy", ssd_policy_lr=0.3)
+@pytest.mark.parametrize("reward", ["progress", "relative"])
+def test_policy_is_rewarded_by_the_students_progress_on_its_draws(reward):
+    synth, teacher, student = filled_synthesizer(ssd_sampling="policy", ssd_policy_lr=0.3, ssd_reward=reward)
     theta = synth.policy.theta.clone()
     bn_before = {k: v.clone() for k, v in student.state_dict().items() if "running" in k}
     batch = synth.sample()
@@ -324,13 +331,32 @@ def test_policy_is_rewarded_by_the_students_progress_on_its_draws():
     synth.sample()                                                     # measures the progress, then draws
     reference = SamplingPolicy(alpha=0.6, lr=0.3, device="cpu")
     reference.theta = theta
-    reference.update(drawn_features, mean_features, before - after)
+    reference.update(drawn_features, mean_features, (before - after) / (before if reward == "relative" else 1))
     assert torch.allclose(synth.policy.theta, reference.theta, atol=1e-5)
     assert not torch.equal(synth.policy.theta, theta)
     for k, v in student.state_dict().items():                          # the probe left BN statistics alone
         if "running" in k:
             assert torch.equal(v, running[k]) and not torch.equal(v, bn_before[k]), k
     assert len(batch.draw["index"]) == 8
+
+
+def test_policy_starts_as_prioritised_replay_or_uniform():
+    synth, _, _ = filled_synthesizer(ssd_sampling="policy")
+    synth.pool.update_priorities(torch.arange(12), torch.arange(1.0, 13.0))
+    probs, _ = synth.sampling_probabilities(synth.buffer_phi())
+    assert torch.allclose(probs, synth.pool.probabilities())          # theta = (alpha, 0, 0): p^alpha
+    flat, _, _ = filled_synthesizer(ssd_sampling="policy", ssd_policy_init="uniform")
+    flat.pool.update_priorities(torch.arange(12), torch.arange(1.0, 13.0))
+    assert flat.policy.theta.tolist() == [0.0, 0.0, 0.0]
+    probs, _ = flat.sampling_probabilities(flat.buffer_phi())
+    assert torch.allclose(probs, torch.full((12,), 1 / 12))
+
+
+def test_relative_reward_is_the_share_of_the_discrepancy_removed():
+    before, after = torch.tensor([10.0, 1.0, 0.0]), torch.tensor([8.0, 0.5, 0.0])
+    assert draw_rewards(before, after, "progress").tolist() == pytest.approx([2.0, 0.5, 0.0])
+    # the image the student fits worst gains most in KL but least in share: 0.2 against 0.5
+    assert draw_rewards(before, after, "relative").tolist() == pytest.approx([0.2, 0.5, 0.0])
 
 
 def test_policy_draws_and_importance_weights_use_its_probabilities():
@@ -345,8 +371,8 @@ def test_policy_draws_and_importance_weights_use_its_probabilities():
     assert torch.allclose(probs, expected / expected.sum())
     index = torch.tensor([5, 0])
     beta = 0.5
-    w = (12 * probs[index]) ** -beta / (12 * probs.min()) ** -beta
-    assert torch.allclose(synth.pool.importance_weights(index, beta, probs), w)
+    w = (12 * probs[index]) ** -beta
+    assert torch.allclose(synth.pool.importance_weights(index, beta, probs), w / w.mean())
     assert synth.pool.importance_weights(torch.tensor([0]), beta, probs).item() == pytest.approx(1.0)
 
 

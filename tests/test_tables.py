@@ -273,9 +273,12 @@ def test_ssd_ablation_rows_differ_only_in_what_they_ablate(monkeypatch):
     spec = load_spec("configs/tables/digits_ssd_ablation.yaml", root="unused")
     assert spec.reference_row == "Fast-2" and spec.speed_up_of == "wall"
     args = {c.row.name: datafree_kd.parse_args(spec.command(c)[2:]) for c in spec.cells()}
-    shared = ("dataset", "teacher", "student", "batch_size", "epochs", "lr", "T", "seed", "warmup", "teacher_ckpt",
+    shared = ("dataset", "teacher", "student", "epochs", "lr", "T", "seed", "warmup", "teacher_ckpt",
               "lr_g", "lr_z", "adv", "bn", "oh", "bn_mmt", "is_maml")
     assert len({tuple(getattr(a, k) for k in shared) for a in args.values()}) == 1
+    # synthesis calls make Fast-2's batches; SSD-KD's KD batches are smaller (docs/ssd_kd.md)
+    synthesis_batch = {a.synthesis_batch_size or a.batch_size for a in args.values()}
+    assert synthesis_batch == {args["Fast-2"].batch_size}
     assert args["Fast-2"].method == "fast_meta" and args["Fast-2"].epochs == 40 and args["Fast-2"].g_steps == 2
     full = vars(args["SSD-KD"])
     assert full["method"] == "ssd" and full["ssd_buffer_size"] == 126 and full["ssd_sampling"] == "policy"
