@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import registry
 from datafree.criterions import activation, class_balance, info_nce, jsdiv, kldiv, l2_prior, total_variation
@@ -44,6 +45,18 @@ def test_class_balance_and_activation():
     assert class_balance(collapsed).item() == pytest.approx(0.0, abs=1e-6)
     assert class_balance(logits) < class_balance(collapsed)    # minimising it prefers balance
     assert activation(torch.tensor([[1.0, -3.0], [0.5, 0.5]])).item() == pytest.approx(-5.0 / 4)
+
+
+def test_class_balance_of_a_class_no_sample_predicts_is_finite():
+    saturated = torch.tensor([[200.0, 0.0, 0.0], [0.0, 200.0, 0.0]], requires_grad=True)   # class 2 gets exactly 0
+    assert F.softmax(saturated, dim=1).mean(dim=0)[2].item() == 0.0
+    value = class_balance(saturated)
+    assert value.item() == pytest.approx(math.log(0.5), rel=1e-6)
+    value.backward()
+    assert torch.isfinite(saturated.grad).all()
+    ordinary = torch.randn(16, 10, generator=torch.Generator().manual_seed(0))     # no clamping: the plain formula
+    mean_prob = F.softmax(ordinary, dim=1).mean(dim=0)
+    assert torch.equal(class_balance(ordinary), (mean_prob * mean_prob.log()).sum())
 
 
 def test_info_nce_with_a_known_bank():
