@@ -68,8 +68,8 @@ def l2_prior(images):
 def class_balance(logits):
     """Negative entropy of the batch's mean prediction (minimising it balances the classes)."""
     mean_prob = F.softmax(logits, dim=1).mean(dim=0)
-    # A class no sample gives any probability (a collapsed generator, logits 100+ apart) would make
-    # 0 * log 0 = nan; clamped, its term is ~0 with no gradient, and every other class is unchanged.
+    # A class whose probability underflows to 0 in every sample (a generator stuck on one class) would
+    # make 0 * log 0 = nan; clamped, its term is ~0 with no gradient, and every other class is unchanged.
     mean_prob = mean_prob.clamp_min(torch.finfo(mean_prob.dtype).tiny)
     return (mean_prob * mean_prob.log()).sum()
 
