@@ -168,10 +168,12 @@ def build_scheduler(args, optimizer):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs - args.warmup, eta_min=2e-4)
 
 
-def synthesizer_config(args, num_classes, image_shape, train_size=None, task=None, normalization=None):
+def synthesizer_config(args, num_classes, image_shape, train_size=None, task=None, normalization=None,
+                       class_names=None):
     """The synthesizer's view of the run; batch sizes are this process's share under torchrun.
     The pool's shard is OUTPUT/pool/rank{k}.u8; ``pool_storage`` is resolved from ``auto``.
-    ``normalization`` ({'mean', 'std'}): the data's, by default --dataset's registered one."""
+    ``normalization`` ({'mean', 'std'}): the data's, by default --dataset's registered one;
+    ``class_names``: the classes' names in label order, where known."""
     img_size = args.img_size or image_shape[-1]
     batch_size = distributed.per_process(args.batch_size)
     synthesis_batch_size = distributed.per_process(args.synthesis_batch_size, "--synthesis_batch_size")
@@ -185,6 +187,7 @@ def synthesizer_config(args, num_classes, image_shape, train_size=None, task=Non
     return SynthesisConfig.for_method(
         SYNTHESIZERS[args.method], args, num_classes=num_classes, nc=image_shape[0], img_size=img_size,
         **(normalization or registry.NORMALIZE_DICT[args.dataset]), task=task, train_size=train_size,
+        class_names=class_names,
         teacher=args.teacher, batch_size=batch_size, synthesis_batch_size=synthesis_batch_size,
         synthesis_channels=args.synthesis_channels, T=args.T, precision=args.precision,
         on_nonfinite=args.on_nonfinite, epochs=args.epochs, warmup=args.warmup, kd_steps=args.kd_steps,
@@ -207,7 +210,8 @@ def build_synthesizer(args, data, student, device):
                            args.dataset, args.teacher, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    config = synthesizer_config(args, data.num_classes, data.image_shape, train_size=data.train_size, task=data.task)
+    config = synthesizer_config(args, data.num_classes, data.image_shape, train_size=data.train_size, task=data.task,
+                                class_names=registry.class_names(args.dataset))
     return teacher, make_synthesizer(args, teacher, student, config, device), config
 
 
@@ -244,9 +248,9 @@ def log_end(logger, task, run, output):
 
 
 # Flags a resume must keep: they shape the saved state (models, image size, the SSD-KD buffer)
-# or what its counters mean (steps per round and per epoch). The method is checked first.
+# or what its counters mean (steps per round and per epoch, NAYER's rounds per epoch). The method is checked first.
 RESUME_FIXED = ("dataset", "teacher", "student", "img_size", "synthesis_channels", "ssd_buffer_size", "kd_steps",
-                "ep_steps", "ssd_kd_passes", "ssd_sampling")
+                "ep_steps", "ssd_kd_passes", "ssd_kd_batch", "ssd_sampling", "g_loops", "gwp_loops", "le_emb_size")
 # Run totals that checkpoints of older versions lack (resumed as 0).
 RUN_COUNTERS = ("synthesis_calls", "kd_steps")
 
@@ -282,7 +286,7 @@ def main(argv=None):
 def run_datafree(args, argv, stop):
     """The run of ``main``; ``stop`` (StopSignals) tells it when SIGINT or SIGTERM asked it to end."""
     device, resume_path = prepare_run(args, f"datafree-{args.method}", f"{args.dataset}-{args.teacher}-{args.student}")
-    args.precision = resolve_mode(args.precision, device)
+    args.precision = resolve_mode(args.precision, device, SYNTHESIZERS[args.method].bf16_in_auto)
 
     data = load_data(args)
     task, num_classes = data.task, data.num_classes

@@ -25,14 +25,15 @@ module imports both packages, so every built-in name is registered, and re-expor
 """
 from datafree.datasets.nyuv2 import NYUV2_BASE_SIZE, NYUV2_CROP_SIZE, NYUV2_SCALE
 from datafree.datasets.registry import (DATASET_DICT, DATASET_HFLIP, DATASET_NUM_CLASSES, DATASET_TASKS,
-                                        DATASET_TRAIN_SIZES, NORMALIZE_DICT, DatasetEntry, dataset_names,
-                                        flips_valid, get_dataset, get_task, register_dataset, train_size)
+                                        DATASET_TRAIN_SIZES, NORMALIZE_DICT, DatasetEntry, class_names,
+                                        dataset_names, flips_valid, get_dataset, get_task, register_dataset,
+                                        train_size)
 from datafree.models.registry import (IMAGENET_MODEL_DICT, MODEL_DICT, SEGMENTATION_MODEL_DICT, get_model,
                                       model_names, model_task, register_model)
 from datafree.models.torchvision_weights import SEGMENTATION_BACKBONES, TORCHVISION_WEIGHTS
 
 __all__ = ["register_model", "register_dataset", "get_model", "get_dataset", "get_task", "model_names",
-           "dataset_names", "model_task", "flips_valid", "train_size", "MODEL_DICT", "IMAGENET_MODEL_DICT",
+           "dataset_names", "class_names", "model_task", "flips_valid", "train_size", "MODEL_DICT", "IMAGENET_MODEL_DICT",
            "SEGMENTATION_MODEL_DICT", "DATASET_DICT", "DatasetEntry", "NORMALIZE_DICT", "DATASET_NUM_CLASSES",
            "DATASET_TASKS", "DATASET_HFLIP", "DATASET_TRAIN_SIZES", "TORCHVISION_WEIGHTS", "SEGMENTATION_BACKBONES",
            "NYUV2_BASE_SIZE", "NYUV2_CROP_SIZE", "NYUV2_SCALE"]

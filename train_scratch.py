@@ -14,7 +14,7 @@ import registry
 from datafree import distributed
 from datafree.checkpoint import atomic_save, load_checkpoint
 from datafree.errors import UsageError
-from datafree.utils.cli import (add_data_args, add_optim_args, add_run_args, default_teacher_ckpt, make_loaders,
+from datafree.utils.cli import (add_data_args, add_precision_arg, add_optim_args, add_run_args, default_teacher_ckpt, make_loaders,
                                 parse_with_config, prepare_run, run_cli, run_training)
 
 TEACHER_KEYS = ("state_dict", "arch", "num_classes", "dataset", "epoch", "best_acc1")
@@ -30,7 +30,7 @@ def build_parser():
                              "deeplabv3_resnet50 / deeplabv3_mobilenet); downloaded on first use")
     add_data_args(parser, registry.dataset_names())
     add_optim_args(parser, lr=0.1, epochs=200, batch_size=128)
-    add_run_args(parser)
+    add_precision_arg(add_run_args(parser))
     teacher = parser.add_argument_group("teacher file")
     teacher.add_argument("--save_teacher", default=None, metavar="PATH",
                          help="where the best model is written as a teacher "

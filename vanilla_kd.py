@@ -18,7 +18,7 @@ import registry
 from datafree import distributed
 from datafree.datasets import UnlabeledImageFolder
 from datafree.errors import UsageError
-from datafree.utils.cli import (add_data_args, add_distillation_args, add_optim_args, add_run_args, load_teacher,
+from datafree.utils.cli import (add_data_args, add_precision_arg, add_distillation_args, add_optim_args, add_run_args, load_teacher,
                                 make_loaders, parse_with_config, prepare_run, run_cli, run_training)
 
 
@@ -32,7 +32,7 @@ def build_parser():
                     help="weight of the hard-label cross-entropy (default: %(default)s)")
     add_data_args(parser, registry.dataset_names())
     add_optim_args(parser, lr=0.1, epochs=200, batch_size=128)
-    add_run_args(parser)
+    add_precision_arg(add_run_args(parser))
     return parser
 
 

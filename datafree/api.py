@@ -81,7 +81,7 @@ def distill(teacher, student, method="fast_meta", *, input_shape, mean, std, num
     from datafree.utils.misc import select_device, set_seed
 
     device = torch.device(device) if device is not None else select_device(None)
-    args.precision = resolve_mode(args.precision, device)
+    args.precision = resolve_mode(args.precision, device, datafree_kd.SYNTHESIZERS[method].bf16_in_auto)
     set_seed(args.seed)
     task = build_task("classification", num_classes)
     teacher, student = teacher.to(device).eval(), student.to(device)

@@ -150,11 +150,13 @@ def read_summary(run_dir):
         raise CheckpointError(f"{path} is not valid JSON ({err}); delete it, the next epoch writes it again") from err
 
 
-def record_epoch(run_dir, *, epoch, epochs, acc1, epoch_seconds, info=None, measured=None, **totals):
+def record_epoch(run_dir, *, epoch, epochs, acc1, epoch_seconds, epoch_cpu_seconds=0.0, info=None, measured=None,
+                 **totals):
     """Add one finished epoch to ``run_dir/summary.json``, the small file table collectors read
     instead of the (possibly large) checkpoints.
 
-    ``wall_seconds`` accumulates ``epoch_seconds`` over the run, resumes included; ``totals``
+    ``wall_seconds`` accumulates ``epoch_seconds`` over the run, resumes included, and
+    ``cpu_seconds`` the process's CPU seconds (``epoch_cpu_seconds``, every thread); ``totals``
     are other running totals (e.g. ``synthesis_seconds``) stored as given; ``info`` holds
     static facts of the run (script, arch, args); ``measured`` holds figures of this epoch alone
     (e.g. ``persist_seconds``), kept in its history entry. Epochs at or after ``epoch`` recorded
@@ -163,11 +165,12 @@ def record_epoch(run_dir, *, epoch, epochs, acc1, epoch_seconds, info=None, meas
     summary = read_summary(run_dir) or {}
     history = [h for h in summary.get("history", []) if h["epoch"] < epoch]
     wall = (history[-1]["wall_seconds"] if history else 0.0) + epoch_seconds
-    history.append({"epoch": epoch, "acc1": float(acc1), "wall_seconds": wall,
+    cpu = (history[-1].get("cpu_seconds", 0.0) if history else 0.0) + epoch_cpu_seconds
+    history.append({"epoch": epoch, "acc1": float(acc1), "wall_seconds": wall, "cpu_seconds": cpu,
                     **{k: float(v) for k, v in {**totals, **(measured or {})}.items()}})
     summary.update(info or {})
     summary.update(totals)
-    summary.update(epoch=epoch + 1, epochs=epochs, finished=epoch + 1 >= epochs, wall_seconds=wall,
+    summary.update(epoch=epoch + 1, epochs=epochs, finished=epoch + 1 >= epochs, wall_seconds=wall, cpu_seconds=cpu,
                    best_acc1=max(h["acc1"] for h in history), history=history)
     atomic_write_text(json.dumps(summary, indent=1), os.path.join(run_dir, SUMMARY_FILE))
     return summary

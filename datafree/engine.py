@@ -20,6 +20,7 @@ from datafree import distributed
 from datafree.checkpoint import RUN_CHECKPOINT_ADVICE, load_checkpoint, put_weights, record_epoch, save_checkpoint
 from datafree.errors import CheckpointError
 from datafree.interrupt import finished_epochs
+from datafree.precision import Precision
 from datafree.tasks import Classification
 from datafree.utils.misc import rng_state, set_rng_state
 
@@ -44,23 +45,28 @@ def evaluate(model, loader, device, task=None, reduce_fn=None):
     return metric.compute()
 
 
-def train_one_epoch(model, loader, optimizer, device, loss_fn, epoch=0, logger=None, print_freq=0, stop=None):
+def train_one_epoch(model, loader, optimizer, device, loss_fn, epoch=0, logger=None, print_freq=0, stop=None,
+                    precision=None):
     """One pass over ``loader``. ``loss_fn(images, targets) -> (loss, logits)``; ``stop()``, if
-    given, is asked after every step and ends the pass early when it says yes.
+    given, is asked after every step and ends the pass early when it says yes. ``precision``
+    (datafree.precision.Precision, default fp32) runs ``loss_fn`` under its autocast and steps
+    through its scaler.
 
     Returns the mean loss, the top-1 training accuracy (%) against the loader's labels
     (meaningless for unlabeled transfer sets, whose labels are -1) and whether it was stopped.
     """
     model.train()
+    precision = precision or Precision(device, "fp32")
     loss_sum = correct = count = samples = 0
     stopped = False
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if distributed.is_main_process() else True)
     for step, (images, targets) in enumerate(bar):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        loss, logits = loss_fn(images, targets)
+        with precision.autocast():
+            loss, logits = loss_fn(images, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if precision.backward(loss):
+            precision.step(optimizer)
 
         n = images.shape[0]
         loss_sum += loss.item() * n
@@ -169,7 +175,7 @@ def fit(job, model, optimizer, scheduler, val_loader, device, *, epochs, run_dir
         raise job.interrupted(stop, f"it came before training started, so nothing new was written and {job.saved()}")
     stats = None
     for epoch in range(start_epoch, epochs):
-        tic = now(device)
+        tic, cpu_tic = now(device), process_cpu_seconds()
         result = job.train_epoch(epoch)
         phase = dict(result.phase)
         mark = now(device)
@@ -199,6 +205,7 @@ def fit(job, model, optimizer, scheduler, val_loader, device, *, epochs, run_dir
         totals = job.totals()
         if distributed.is_main_process():
             record_epoch(run_dir, epoch=epoch, epochs=epochs, acc1=score, epoch_seconds=epoch_seconds,
+                         epoch_cpu_seconds=process_cpu_seconds() - cpu_tic,
                          info=summary_info, measured={job.loss_name: result.loss, **result.measured,
                                                       "persist_seconds": phase["persist"],
                                                       "peak_rss_mb": peak_rss_mb()}, **totals)
@@ -212,12 +219,13 @@ def fit(job, model, optimizer, scheduler, val_loader, device, *, epochs, run_dir
 
 class SupervisedJob(TrainingJob):
     """The epoch of train_scratch.py and vanilla_kd.py: one pass over ``train_loader`` with
-    ``loss_fn(images, targets) -> (loss, logits)``. Checkpoints hold the model, optimiser,
-    schedule, random state, epoch and best, plus ``extra`` (arch, num_classes, args, ...)."""
+    ``loss_fn(images, targets) -> (loss, logits)`` under ``precision`` (default fp32). Checkpoints hold the
+    model, optimiser, schedule, scaler, random state, epoch and best, plus ``extra`` (arch, num_classes, args, ...)."""
 
     def __init__(self, model, train_loader, optimizer, scheduler, loss_fn, device, run_dir, logger, *, extra=None,
-                 print_freq=0, stop=None, start_epoch=0):
+                 print_freq=0, stop=None, start_epoch=0, precision=None):
         self.model, self.train_loader, self.optimizer, self.scheduler = model, train_loader, optimizer, scheduler
+        self.precision = precision or Precision(device, "fp32")
         self.loss_fn, self.device, self.run_dir, self.logger = loss_fn, device, run_dir, logger
         self.extra, self.print_freq, self.stop = extra or {}, print_freq, stop
         self.epochs_saved = start_epoch
@@ -228,7 +236,8 @@ class SupervisedJob(TrainingJob):
             self.train_loader.sampler.set_epoch(epoch)
         stop = self.stop
         stats = train_one_epoch(self.model, self.train_loader, self.optimizer, self.device, self.loss_fn, epoch,
-                                self.logger, self.print_freq, stop=(lambda: stop.requested() != 0) if stop else None)
+                                self.logger, self.print_freq, stop=(lambda: stop.requested() != 0) if stop else None,
+                                precision=self.precision)
         if stats["stopped"]:
             raise self.interrupted(stop, f"the run stopped in epoch {epoch}, whose steps are done again on resume; "
                                          f"last.pth holds {finished_epochs(self.epochs_saved)}")
@@ -238,7 +247,7 @@ class SupervisedJob(TrainingJob):
         self.epochs_saved = epochs_done
         return {"state_dict": self.model.state_dict(), "epoch": epochs_done, "best_acc1": float(best),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": rng_state(), **self.extra}
+                "precision": self.precision.state_dict(), "rng": rng_state(), **self.extra}
 
     def saved(self):
         return f"last.pth holds {finished_epochs(self.epochs_saved)}" if self.epochs_saved else super().saved()
@@ -247,6 +256,12 @@ class SupervisedJob(TrainingJob):
 def peak_rss_mb():
     """This process's peak resident memory so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def process_cpu_seconds():
+    """CPU seconds used so far by this process (all its threads) and its finished child processes."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def now(device):

@@ -8,7 +8,8 @@ Modes (``--precision``; the original flag ``--fp16`` is ``--precision fp16``):
 - ``bf16``: bfloat16 autocast on any device, no scaler (bfloat16 has float32's range);
 - ``auto`` (resolved by ``resolve_mode`` before a run starts): ``bf16`` where the device
   computes bfloat16 natively (a CPU with AVX512-BF16 or AMX-BF16 instructions, a CUDA GPU
-  with bfloat16 units), ``fp32`` elsewhere. Emulated bfloat16 is slower than float32.
+  with bfloat16 units), ``fp32`` elsewhere, and ``fp32`` for a method whose synthesizer says
+  ``bf16_in_auto = False`` (bf16 measurably cost it accuracy). Emulated bfloat16 is slower than float32.
 
 Under float16 scaling the loops never wait for the device to learn whether a step overflowed:
 ``drop_overflowed`` uses the scaler's own device flag, and ``optimizer_options`` asks for fused
@@ -52,10 +53,11 @@ def native_bfloat16(device, cpuinfo="/proc/cpuinfo"):
     return False
 
 
-def resolve_mode(mode, device):
-    """``auto`` -> ``bf16`` or ``fp32`` for ``device``; other modes unchanged."""
+def resolve_mode(mode, device, bf16_in_auto=True):
+    """``auto`` -> ``bf16`` or ``fp32`` for ``device``; other modes unchanged. ``bf16_in_auto`` False (a
+    method whose accuracy bf16 measurably lowers) makes ``auto`` mean ``fp32`` everywhere."""
     if mode == AUTO:
-        return "bf16" if native_bfloat16(device) else "fp32"
+        return "bf16" if bf16_in_auto and native_bfloat16(device) else "fp32"
     return mode
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from kornia import augmentation as K
 
 from datafree.augment import Normalizer, crop_flip_normalize, horizontal_flip
-from datafree.criterions import adversarial_kl, kldiv
+from datafree.criterions import adversarial_kl, cross_entropy, kldiv
 from datafree.models.generator import DeepGenerator, Generator
 from datafree.utils.registry import Registry
 
@@ -145,7 +145,7 @@ class Task:
         return logits
 
     def supervised_loss(self, logits, targets):
-        return F.cross_entropy(self.prepare(logits, targets), targets)
+        return cross_entropy(self.prepare(logits, targets), targets)
 
     def kd_loss(self, student_logits, teacher_logits, T=1.0):
         return kldiv(student_logits, teacher_logits, T=T)
@@ -190,9 +190,7 @@ class Classification(Task):
         return targets.sort().values if sort else targets
 
     def one_hot_loss(self, teacher_logits, targets, weights=None):
-        if weights is None:
-            return F.cross_entropy(teacher_logits, targets)
-        return (weights * F.cross_entropy(teacher_logits, targets, reduction="none")).mean()
+        return cross_entropy(teacher_logits, targets, weights)
 
     def synthesis_augmentation(self, img_size, mean, std):
         return crop_flip_normalize(img_size, mean, std, hflip=self.hflip)
@@ -221,7 +219,7 @@ class Segmentation(Task):
         return match_size(logits, targets)
 
     def supervised_loss(self, logits, targets):
-        return F.cross_entropy(self.prepare(logits, targets), targets, ignore_index=self.ignore_index)
+        return cross_entropy(self.prepare(logits, targets), targets, ignore_index=self.ignore_index)
 
     def metric(self, device=None):
         return ConfusionMatrixMetric(self.num_classes, self.ignore_index, device)
@@ -232,10 +230,7 @@ class Segmentation(Task):
 
     def one_hot_loss(self, teacher_logits, targets, weights=None):
         own = teacher_logits.argmax(dim=1) if targets is None else targets
-        if weights is None:
-            return F.cross_entropy(teacher_logits, own, ignore_index=self.ignore_index)
-        per_pixel = F.cross_entropy(teacher_logits, own, ignore_index=self.ignore_index, reduction="none")
-        return (weights.view(-1, 1, 1) * per_pixel).mean()
+        return cross_entropy(teacher_logits, own, weights, ignore_index=self.ignore_index)
 
     def synthesis_augmentation(self, img_size, mean, std):
         return nn.Sequential(

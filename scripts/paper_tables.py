@@ -13,8 +13,9 @@ load a teacher.
 A cell's state comes from its run folder: ``summary.json`` (written by the scripts after every
 epoch) says how far it got, ``runner.json`` (written by the runner) whether its last attempt
 failed. The collector turns finished cells into the paper's format: best top-1 accuracy with
-synthesis hours in brackets, mean +- std over seeds, the speed-up column, and the paper's number
-and our gap beside every cell that has one.
+synthesis hours in brackets, mean +- std over seeds, the speed-up column, the time to accuracy (the
+epoch, wall and CPU seconds at which a run first reaches 90% of the teacher's accuracy), and the
+paper's number and our gap beside every cell that has one.
 """
 import csv
 import io
@@ -34,6 +35,8 @@ SCRIPTS = ("datafree_kd.py", "train_scratch.py", "vanilla_kd.py")
 TEACHER_SCRIPTS = ("datafree_kd.py", "vanilla_kd.py")
 RUNNER_FILE = "runner.json"
 SPEED_UP_OF = ("synthesis", "wall")
+# Time to accuracy: when a run first reaches this share of its teacher's accuracy.
+REACH_FRACTION = 0.9
 PAPER_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "configs", "tables", "paper_results.yaml")
 
@@ -77,6 +80,7 @@ class TableSpec:
     reference_row: str = None     # the speed-up baseline (DeepInversion in the paper)
     speed_up_of: str = "synthesis"  # the hours the speed-up compares: synthesis (the paper's) or wall (total)
     teacher_ckpt: str = None
+    teacher_row: str = "Teacher"  # the row whose accuracy is the teacher's (else teacher_ckpt's best_acc1)
     root: str = None
     description: str = ""
 
@@ -244,6 +248,45 @@ def budget_of(summary):
     return f"{summary.get('script')}: {a.get('epochs')} ep on real data, batch {a.get('batch_size')}"
 
 
+def teacher_accuracy(spec, results, teacher, student):
+    """The teacher's top-1 for a pair: the mean of the spec's teacher row when it has finished cells,
+    else the ``best_acc1`` stored in the teacher file; None when neither is known."""
+    row = next((r for r in results if r["row"] == spec.teacher_row and r["pair"] == f"{teacher}-{student}"), None)
+    if row is not None and row["acc1"] is not None:
+        return row["acc1"]
+    if spec.teacher_ckpt:
+        dummy = Cell(Row(spec.teacher_row), teacher, student, 0, "")
+        path = spec.fill(spec.teacher_ckpt, dummy)
+        if os.path.isfile(path):
+            from datafree.checkpoint import load_checkpoint
+            acc = load_checkpoint(path).get("best_acc1")
+            return None if acc is None else float(acc)
+    return None
+
+
+def time_to_accuracy(history, target):
+    """(epochs, wall seconds, CPU seconds) at the end of the first epoch whose accuracy reaches
+    ``target``, or None when no epoch does. CPU seconds are None for runs that did not record them."""
+    for entry in history:
+        if entry["acc1"] >= target:
+            return entry["epoch"] + 1, entry["wall_seconds"], entry.get("cpu_seconds")
+    return None
+
+
+def reach_of(histories, target):
+    """Time to ``target`` over a cell's seeds: {"reached": k, "of": n, "epochs", "wall_seconds",
+    "cpu_seconds"} (means over the seeds that reached it), or None without a target or runs."""
+    if target is None or not histories:
+        return None
+    times = [t for t in (time_to_accuracy(h, target) for _, h in histories) if t is not None]
+    reach = {"reached": len(times), "of": len(histories), "target": target}
+    if times:
+        cpu = [t[2] for t in times if t[2] is not None]
+        reach.update(epochs=statistics.fmean(t[0] for t in times), wall_seconds=statistics.fmean(t[1] for t in times),
+                     cpu_seconds=statistics.fmean(cpu) if len(cpu) == len(times) else None)
+    return reach
+
+
 def collect(spec):
     """Every (row, pair) of the table with our figures, the paper's, and the gap.
 
@@ -273,7 +316,14 @@ def collect(spec):
                 "gap": None if acc is None or p_acc is None else acc - p_acc,
                 "budget": budget_of(done[0]) if done else "",
                 "histories": [(c.seed, s["history"]) for c, (st, s) in zip(cells, states) if s],
+                "done_histories": [(c.seed, s["history"]) for c, (st, s) in zip(cells, states) if st == "done"],
             })
+    for r in results:
+        teacher, student = r["pair"].split("-", 1)
+        acc = teacher_accuracy(spec, results, teacher, student)
+        r["teacher_acc1"] = acc
+        r["reach"] = (None if r["row"] == spec.teacher_row or acc is None
+                      else reach_of(r["done_histories"], REACH_FRACTION * acc))
     speed, hours = {}, f"{spec.speed_up_of}_hours"
     for row in spec.rows:
         ours = {r["pair"]: r[hours] for r in results if r["row"] == row.name and r[hours]}
@@ -287,6 +337,20 @@ def _hours(h):
     return f"{h:.3f}h" if h < 1 else f"{h:.2f}h"
 
 
+def format_reach(reach):
+    """'ep 4.0, 61 s wall, 118 s CPU' (means over the seeds that reached), or 'not reached'."""
+    if reach is None:
+        return ""
+    if not reach["reached"]:
+        return "not reached"
+    text = f"ep {reach['epochs']:.1f}, {reach['wall_seconds']:.0f} s wall"
+    if reach["cpu_seconds"] is not None:
+        text += f", {reach['cpu_seconds']:.0f} s CPU"
+    if reach["reached"] < reach["of"]:
+        text += f" ({reach['reached']}/{reach['of']} seeds; not reached by the others)"
+    return text
+
+
 def format_cell(r):
     if r["acc1"] is None:
         text = r["status"] if r["status"] != "missing" else "-"    # no seed finished
@@ -298,6 +362,8 @@ def format_cell(r):
             text += f" (wall {_hours(r['wall_hours'])})"
         if r["status"] != "done":
             text += f" [{r['finished']}/{r['seeds']} seeds; {r['status']}]"
+        if r.get("reach") is not None:
+            text += f"<br>to {100 * REACH_FRACTION:.0f}% of teacher: {format_reach(r['reach'])}"
     if r["paper_acc1"] is not None:
         paper = f"{r['paper_acc1']:.2f}" + (f" ({r['paper_hours']:g}h)" if r["paper_hours"] is not None else "")
         gap = f", gap {r['gap']:+.2f}" if r["gap"] is not None else ""
@@ -322,7 +388,8 @@ def markdown(spec, results, speed):
 
 
 CSV_FIELDS = ("row", "pair", "seeds", "finished", "status", "acc1", "acc1_std", "synthesis_hours", "wall_hours",
-              "paper_acc1", "paper_hours", "gap", "speed_up", "paper_speed_up", "budget")
+              "paper_acc1", "paper_hours", "gap", "speed_up", "paper_speed_up", "teacher_acc1", "reach_target",
+              "reach_seeds", "reach_epochs", "reach_wall_seconds", "reach_cpu_seconds", "budget")
 
 
 def to_csv(results, speed):
@@ -331,7 +398,11 @@ def to_csv(results, speed):
     writer.writeheader()
     for r in results:
         ours, paper = speed[r["row"]]
-        writer.writerow({**{k: ("" if v is None else v) for k, v in r.items()},
+        reach = r.get("reach") or {}
+        reached = {"reach_target": reach.get("target"), "reach_epochs": reach.get("epochs"),
+                   "reach_wall_seconds": reach.get("wall_seconds"), "reach_cpu_seconds": reach.get("cpu_seconds"),
+                   "reach_seeds": f"{reach['reached']}/{reach['of']}" if reach else None}
+        writer.writerow({**{k: ("" if v is None else v) for k, v in {**r, **reached}.items()},
                          "speed_up": "" if ours is None else ours, "paper_speed_up": "" if paper is None else paper})
     return buf.getvalue()
 
@@ -392,7 +463,9 @@ def write_table(spec, folder=None):
     text = markdown(spec, results, speed)
     header = f"# {spec.name}\n\n{spec.description.strip()}\n\n" if spec.description else f"# {spec.name}\n\n"
     notes = ("Cells: best top-1 (%) of the student, (synthesis hours; total wall hours); mean +- std over seeds "
-             f"when there are several. Speed-up: mean over pairs of the reference row's {spec.speed_up_of} hours over "
+             f"when there are several; then the time to accuracy: the epoch, wall and CPU seconds at which a run first "
+             f"reached {100 * REACH_FRACTION:.0f}% of the teacher's accuracy (mean over the seeds that reached it), or "
+             f"'not reached'. Speed-up: mean over pairs of the reference row's {spec.speed_up_of} hours over "
              f"this row's{' (reference: ' + spec.reference_row + ')' if spec.reference_row else ''}.\n\n")
     paths = [os.path.join(folder, "table.md"), os.path.join(folder, "table.csv")]
     atomic_write_text(header + notes + text, paths[0])

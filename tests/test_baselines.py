@@ -11,7 +11,7 @@ from datafree.criterions import activation, class_balance, info_nce, jsdiv, kldi
 from datafree.synthesis import SYNTHESIZERS, SynthesisConfig
 from datafree.synthesis.base import BestBatch, KDBatch
 from datafree.synthesis.cmi import MemoryBank
-from datafree.synthesis.generative import l1_logits
+from datafree.criterions import l1_logits
 from datafree.tasks import Classification
 
 
@@ -105,7 +105,8 @@ def make_config(**overrides):
                   train_size=100, ssd_buffer_size=0, ssd_gamma=2.0, ssd_beta=0.4, ssd_alpha=0.6, ssd_replace=0.1,
                   ssd_replace_rule="priority", ssd_max_weight=3.0, ssd_min_weight=0.0, ssd_sampling="policy", ssd_policy_lr=0.05,
                   ssd_reward="relative", ssd_policy_init="priority",
-                  ssd_phi=1, ssd_kd_passes=0.0, ssd_refresh_every=0, ssd_refresh_share=0.0)
+                  ssd_phi=1, ssd_kd_passes=0.0, ssd_kd_batch=8, ssd_refresh_every=0, ssd_refresh_share=0.0,
+                  g_life=10, g_loops=1, gwp_loops=1, le_emb_size=32, label_embedding="hash", clip_model="unused")
     values.update(overrides)
     return SimpleNamespace(**values)
 

@@ -242,3 +242,35 @@ def test_torchrun_ssd_each_rank_its_buffer_and_policy(teacher_file, in_tmp_cwd, 
     assert resumed["epoch"] == 3 and resumed["synthesizer"]["steps_done"] == 9
     with pytest.raises(CheckpointError, match="cannot be re-sharded"):
         datafree_kd.main([*SSD_FLAGS, "--epochs", "4", "--resume"])
+
+
+NAYER_FLAGS = ["--method", "nayer", "--dataset", "digits", "--teacher", "resnet8", "--student", "probe_gn",
+               "--gpu", "-1", "--batch_size", "16", "--synthesis_batch_size", "24", "--kd_steps", "1", "--ep_steps", "2",
+               "--g_steps", "2", "--lr", str(LR), "--T", str(T), "--bn", "1", "--oh", "1", "--adv", "1",
+               "--bn_mmt", "0.9", "--lr_g", "1e-3", "--label_embedding", "hash", "--le_emb_size", "32",
+               "--g_loops", "2", "--g_life", "1", "--seed", "3"]
+NAYER_RUN = "checkpoints/datafree-nayer/digits-resnet8-probe_gn"
+
+
+def test_torchrun_nayer_one_generator_and_each_rank_its_own_images(teacher_file, in_tmp_cwd):
+    """Each rank synthesises its 12 of the 24 images with its own noisy layers; the generator, trained on
+    both halves and rebuilt every epoch (g_life 1), stays one and the same on both ranks."""
+    torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe", *NAYER_FLAGS, "--epochs", "2"], in_tmp_cwd)
+    ranks = [torch.load(f"probe/rank{r}.pt", weights_only=False) for r in range(2)]
+    assert all(len(r["rounds"]) == 4 for r in ranks)          # two rounds of KD an epoch (the first after 2 calls)
+    for r0, r1 in zip(ranks[0]["rounds"], ranks[1]["rounds"]):
+        for k, v in r0["generator"].items():
+            assert torch.equal(v, r1["generator"][k]), k
+        (b0,), (b1,) = r0["batches"], r1["batches"]
+        assert not torch.equal(b0, b1)
+        for k, v in r0["after"].items():                      # one student (DDP)
+            assert torch.allclose(v, r1["after"][k]), k
+    first, second = ranks[0]["rounds"][0]["generator"], ranks[0]["rounds"][2]["generator"]
+    assert any(not torch.equal(v, second[k]) for k, v in first.items() if v.is_floating_point())
+    ckpt = load_checkpoint(f"{NAYER_RUN}/last.pth")
+    other = load_checkpoint(os.path.join(NAYER_RUN, ckpt["rank_files"][0]))["synthesizer"]
+    for k, v in ckpt["synthesizer"]["generator"].items():
+        assert torch.equal(v, other["generator"][k]), k
+    assert torch.equal(ckpt["synthesizer"]["init_rng"], other["init_rng"])
+    pool0, pool1 = pool_images(NAYER_RUN, 0), pool_images(NAYER_RUN, 1)
+    assert len(pool0) == len(pool1) == 2 * 2 * 12 and not torch.equal(pool0, pool1)

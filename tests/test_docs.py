@@ -60,6 +60,8 @@ COVERED_ELSEWHERE = {
     "benchmarks/init_pool_cost.py": "a benchmark of 224x224 DeepInversion steps (a GPU)",
     "benchmarks/side_by_side.py": "needs the original release checked out; tests/test_side_by_side.py runs it "
                                   "with stand-ins for both sides",
+    "benchmarks/nayer_side_by_side.py": "needs NAYER's code checked out; tests/test_nayer_side_by_side.py runs it "
+                                        "on a tiny budget",
 }
 SHELL_FENCES = ("bash", "sh", "shell")
 SUBPROCESS_TIMEOUT = 600
@@ -206,6 +208,9 @@ class Sandbox:
 
 def check_python(sandbox, env, argv, parse_only=False):
     """``python ARGV...`` (argv without the interpreter) by the rules of the module docstring."""
+    if argv[0] == "-m" and argv[1] == "datafree.label_embedding":
+        sandbox.run([sys.executable, *argv], env)     # seconds, offline with --source hash
+        return
     if argv[0] == "-m":
         assert argv[1:3] == ["pytest", "-q"] or argv[1] == "pytest", f"no rule for python -m {argv[1]}"
         sandbox.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"], env)
@@ -271,12 +276,21 @@ def check_pip(argv):
     from importlib.metadata import PackageNotFoundError, version
 
     assert argv[0] == "install", f"no rule for pip {argv[0]}"
-    if argv[1:] in (["-e", "."], ["."]):
+    extras = re.fullmatch(r"\.\[([\w,-]+)\]", argv[-1]) if argv[1:-1] in ([], ["-e"]) else None
+    if argv[1:] in (["-e", "."], ["."]) or extras:
         import tomllib
         with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
             project = tomllib.load(f)
         for module in project["tool"]["setuptools"]["py-modules"]:
             assert os.path.isfile(os.path.join(ROOT, f"{module}.py")), module
+        for extra in extras.group(1).split(",") if extras else []:   # .[NAME]: declared, and installed here
+            declared = project["project"]["optional-dependencies"]
+            assert extra in declared, f"pyproject.toml declares no extra '{extra}'"
+            for requirement in declared[extra]:
+                try:
+                    version(re.split(r"[<>=!~\[; ]", requirement)[0])
+                except PackageNotFoundError:
+                    pytest.fail(f"the extra '{extra}' requires {requirement}, which is not installed")
         return
     files = [argv[i + 1] for i, token in enumerate(argv) if token == "-r"]
     assert files and len(files) * 2 == len(argv) - 1, f"no rule for pip {shlex.join(argv)}"

@@ -28,7 +28,8 @@ def flipped(views):
     return views[..., SIZE // 2:].mean(dim=(1, 2, 3)) > views[..., :SIZE // 2].mean(dim=(1, 2, 3))
 
 
-@pytest.mark.parametrize("name,valid", [("digits", False), ("mnist", False), ("svhn", False), ("cifar10", True),
+@pytest.mark.parametrize("name,valid", [("digits", False), ("mnist", False), ("fashion_mnist", False), ("svhn", False),
+                                        ("cifar10", True),
                                         ("cifar100", True), ("tiny_imagenet", True), ("imagenet", True),
                                         ("nyuv2", True), ("shapes", True)])
 def test_builtin_datasets_declare_flips(name, valid):
@@ -94,7 +95,7 @@ def flip_modules(module):
             if isinstance(m, K.RandomHorizontalFlip) or (isinstance(m, RandomCropFlip) and m.hflip)]
 
 
-@pytest.mark.parametrize("method", ["fast", "fast_meta", "deepinv", "cmi", "ssd", "fast_meta_imagenet", "noise"])
+@pytest.mark.parametrize("method", ["fast", "fast_meta", "deepinv", "cmi", "ssd", "fast_meta_imagenet", "noise", "nayer"])
 @pytest.mark.parametrize("hflip", [False, True])
 def test_pool_methods_augment_synthesis_and_kd_batches_as_declared(method, hflip):
     torch.manual_seed(0)

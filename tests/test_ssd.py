@@ -148,9 +148,18 @@ def test_ssd_kd_loss_weights_and_refreshes_drawn_priorities():
         synth.kd_loss(KDBatch(images), s_out, t_out)
 
 
-def test_buffer_size_defaults_to_a_tenth_of_the_training_set():
-    synth, _, _ = ssd_synthesizer(ssd_buffer_size=0, train_size=1257)
-    assert synth.pool.capacity == math.ceil(125.7)
+def test_buffer_size_defaults_to_a_tenth_of_the_training_set_or_of_fasts_pool():
+    # Fast would make 40 epochs x 1 call x 128 = 5,120 images, more than the 1,257 training images
+    synth, _, _ = ssd_synthesizer(ssd_buffer_size=0, train_size=1257, epochs=40, ep_steps=20, kd_steps=20,
+                                  synthesis_batch_size=128)
+    assert synth.pool.capacity == 126
+    # 60,000 training images, but Fast would make only 5,120: a tenth of those
+    synth, _, _ = ssd_synthesizer(ssd_buffer_size=0, train_size=60000, epochs=40, ep_steps=20, kd_steps=20,
+                                  synthesis_batch_size=128)
+    assert synth.pool.capacity == 512
+    # two calls an epoch (ep_steps / kd_steps) of 8 images over 2 epochs: 32 images, 4 kept
+    synth, _, _ = ssd_synthesizer(ssd_buffer_size=0, train_size=60000)
+    assert synth.pool.capacity == math.ceil(3.2)
 
 
 # ---- the refresh schedule -------------------------------------------------------------------------
@@ -165,17 +174,19 @@ def filled_synthesizer(**overrides):
     return synth, teacher, student
 
 
-def test_kd_steps_follow_the_buffer_not_the_training_set():
-    # passes over the buffer x buffer / batch: 4 x 12 / 8 = 6 KD steps an epoch
+def test_kd_steps_keep_fasts_count_at_a_quarter_of_its_batch():
+    # default: Fast's KD steps an epoch (ep_steps), however small the buffer, on batches of batch_size / 4
+    synth, _, _ = ssd_synthesizer(ep_steps=40, kd_steps=20, batch_size=128, ssd_kd_batch=0)
+    assert (synth.steps_per_epoch, synth.sample_batch_size, synth.total_kd_steps) == (40, 32, 80)
+    synth, _, _ = ssd_synthesizer(ssd_buffer_size=2, batch_size=128, ssd_kd_batch=0)
+    assert (synth.steps_per_epoch, synth.sample_batch_size) == (4, 32)
+    synth, _, _ = ssd_synthesizer(batch_size=3, ssd_kd_batch=0)
+    assert synth.sample_batch_size == 1                # at least one image
+    # passes over the buffer x buffer / KD batch: 4 x 12 / 8 = 6 KD steps an epoch
     synth, _, _ = ssd_synthesizer(ssd_kd_passes=4.0)
     assert synth.steps_per_epoch == 6 and synth.total_kd_steps == 6 * 2
-    # default passes: Fast's over the training set, ep_steps x batch / train_size = 40 x 8 / 100 = 3.2;
-    # 3.2 x 12 / 8 = 4.8 -> 5
-    synth, _, _ = ssd_synthesizer(ep_steps=40, kd_steps=20)
-    assert synth.steps_per_epoch == 5
-    # at least one step, however small the buffer
-    synth, _, _ = ssd_synthesizer(ssd_buffer_size=2)
-    assert synth.steps_per_epoch == 1
+    synth, _, _ = ssd_synthesizer(ssd_kd_passes=0.01)
+    assert synth.steps_per_epoch == 1                  # at least one step
 
 
 def test_refresh_once_per_epoch_synthesises_only_what_it_replaces():
@@ -314,6 +325,7 @@ def test_policy_is_rewarded_by_the_students_progress_on_its_draws(reward):
     batch = synth.sample()
     images = batch.images
     drawn_features, mean_features = batch.draw["policy"]
+    weights = batch.draw["weights"]
     student.train()
     s_out = student(images)
     with torch.no_grad():
@@ -331,7 +343,9 @@ def test_policy_is_rewarded_by_the_students_progress_on_its_draws(reward):
     synth.sample()                                                     # measures the progress, then draws
     reference = SamplingPolicy(alpha=0.6, lr=0.3, device="cpu")
     reference.theta = theta
-    reference.update(drawn_features, mean_features, (before - after) / (before if reward == "relative" else 1))
+    # progress per unit of the draw's KD weight (and, relative, over KL before)
+    reference.update(drawn_features, mean_features,
+                     (before - after) / weights / (before if reward == "relative" else 1))
     assert torch.allclose(synth.policy.theta, reference.theta, atol=1e-5)
     assert not torch.equal(synth.policy.theta, theta)
     for k, v in student.state_dict().items():                          # the probe left BN statistics alone
@@ -357,6 +371,34 @@ def test_relative_reward_is_the_share_of_the_discrepancy_removed():
     assert draw_rewards(before, after, "progress").tolist() == pytest.approx([2.0, 0.5, 0.0])
     # the image the student fits worst gains most in KL but least in share: 0.2 against 0.5
     assert draw_rewards(before, after, "relative").tolist() == pytest.approx([0.2, 0.5, 0.0])
+
+
+def test_reward_is_not_confounded_by_the_draws_own_kd_weight():
+    # Two images the student learns alike: the one weighted 2 in the KD loss moved twice as far.
+    before, after = torch.tensor([1.0, 1.0]), torch.tensor([0.9, 0.8])
+    weights = torch.tensor([1.0, 2.0])
+    assert draw_rewards(before, after, "progress").tolist() == pytest.approx([0.1, 0.2])       # confounded
+    assert draw_rewards(before, after, "progress", weights).tolist() == pytest.approx([0.1, 0.1])
+    assert draw_rewards(before, after, "relative", weights).tolist() == pytest.approx([0.1, 0.1])
+
+
+def test_policy_learns_the_feature_that_predicts_the_reward_in_a_bandit():
+    # 400 arms, three features each; the reward of an arm is its third feature (plus noise), the other two are
+    # noise. REINFORCE must put most weight on the third feature and draw the best arms far more than uniform
+    # draws would (once the draws concentrate on a few arms, their other features pick up some weight by chance).
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 3, generator=g)
+    value = features[:, 2]
+    policy = SamplingPolicy(alpha=0.0, lr=0.05, device="cpu")
+    for _ in range(300):
+        probs = policy.probabilities(features)
+        drawn = torch.multinomial(probs, 16, replacement=True, generator=g)
+        rewards = value[drawn] + 0.5 * torch.randn(16, generator=g)
+        policy.update(features[drawn], probs @ features, rewards)
+    theta = policy.theta
+    assert theta[2] > 2.0 and theta[2] > 1.5 * theta[:2].abs().max()
+    expected = policy.probabilities(features) @ value
+    assert expected > value.mean() + 2 * value.std()      # uniform draws would get value.mean()
 
 
 def test_policy_draws_and_importance_weights_use_its_probabilities():

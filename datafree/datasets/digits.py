@@ -22,6 +22,8 @@ IMAGE_SIZE = 32
 # Per-channel mean/std of the train split in [0, 1]; tests/test_datasets.py recomputes them.
 DIGITS_MEAN = (0.3055, 0.3055, 0.3055)
 DIGITS_STD = (0.3237, 0.3237, 0.3237)
+# Class names in label order (NAYER embeds them); MNIST and SVHN share them.
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,7 +72,7 @@ class Digits(torch.utils.data.Dataset):
 
 
 # Digits are not mirror-symmetric (a mirrored 2, 3 or 7 is no digit), hence hflip=False.
-@register_dataset('digits', num_classes=10, mean=DIGITS_MEAN, std=DIGITS_STD, hflip=False)
+@register_dataset('digits', num_classes=10, mean=DIGITS_MEAN, std=DIGITS_STD, hflip=False, classes=DIGIT_NAMES)
 def build_digits(data_root, download=False):
     train_tf, val_tf = cifar_style('digits')
     return Digits(train=True, transform=train_tf), Digits(train=False, transform=val_tf)

@@ -22,6 +22,7 @@ class DatasetEntry:
     task_options: dict = field(default_factory=dict)   # e.g. ignore_index, passed to datafree.tasks
     hflip: bool = True
     train_size: Optional[int] = None
+    classes: Optional[tuple] = None   # class names, in label order (label-text embeddings read them)
 
     def __call__(self, data_root, download=False):
         return self.builder(data_root, download=download)
@@ -41,7 +42,7 @@ DATASET_TRAIN_SIZES = FieldView(DATASET_DICT, lambda entry: entry.train_size)
 
 
 def register_dataset(name, num_classes, mean, std, task='classification', train_size=None, hflip=True,
-                     **task_options):
+                     classes=None, **task_options):
     """Decorator: register ``fn(data_root, download=False) -> (train_set, val_set)``.
 
     ``task`` names the datafree.tasks task ('classification' or 'segmentation'); extra
@@ -50,13 +51,22 @@ def register_dataset(name, num_classes, mean, std, task='classification', train_
     split (SSD-KD's default buffer is a tenth of it). ``hflip`` declares whether a mirrored
     image is still a valid image of its class (natural images: yes; digits and letters: no);
     the training transform of the built-in datasets and every synthesis and KD augmentation
-    flip horizontally only where it is true.
+    flip horizontally only where it is true. ``classes`` (optional) names the classes in label
+    order; methods that embed class names (NAYER) read them.
     """
+    if classes is not None and len(classes) != num_classes:
+        raise ValueError(f"dataset {name!r}: {len(classes)} class names for {num_classes} classes")
     def add(builder):
         DATASET_DICT.register(name, DatasetEntry(builder, num_classes, tuple(mean), tuple(std), task,
-                                                 dict(task_options), bool(hflip), train_size))
+                                                 dict(task_options), bool(hflip), train_size,
+                                                 None if classes is None else tuple(classes)))
         return builder
     return add
+
+
+def class_names(name):
+    """The class names of ``name`` in label order, or None where its record has none."""
+    return DATASET_DICT.lookup(name).classes
 
 
 def dataset_names():

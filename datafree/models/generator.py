@@ -5,6 +5,7 @@
 """
 import copy
 
+import torch
 import torch.nn as nn
 
 from datafree.augment import repeat_channels
@@ -33,6 +34,15 @@ def reinitialize(generator):
     reset_bn_affine(generator)
 
 
+class Float32Sigmoid(nn.Module):
+    """The generators' output sigmoid, in float32 even under autocast: a bfloat16 sigmoid returns
+    exactly 1, with zero gradient, for every input above about 6."""
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.sigmoid(x.float())
+
+
 class Generator(nn.Module):
     """Linear projection to (2*ngf, s/4, s/4), then two upsampling conv blocks.
 
@@ -57,7 +67,7 @@ class Generator(nn.Module):
             nn.BatchNorm2d(ngf),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(ngf, nc, 3, stride=1, padding=1),
-            nn.Sigmoid(),
+            Float32Sigmoid(),
         )
 
     @property
@@ -102,7 +112,7 @@ class DeepGenerator(nn.Module):
             *up_block(ngf, ngf),
             *up_block(ngf, ngf),
             nn.Conv2d(ngf, nc, 3, 1, 1),
-            nn.Sigmoid(),
+            Float32Sigmoid(),
         )
 
     @property

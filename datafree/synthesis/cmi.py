@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from kornia import augmentation as K
 
 from datafree.augment import horizontal_flip
-from datafree.criterions import adversarial_kl, info_nce
+from datafree.criterions import adversarial_kl, cross_entropy, info_nce
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator, reinitialize
 
@@ -47,7 +47,7 @@ class ProjectionHead(nn.Module):
                                   nn.Linear(dim_hidden, dim_out))
 
     def forward(self, x):
-        return F.normalize(self.head(x), dim=1, p=2)
+        return F.normalize(self.head(x).float(), dim=1, p=2)   # the InfoNCE it feeds is float32
 
 
 class MemoryBank:
@@ -154,7 +154,7 @@ class CMISynthesizer(PoolSynthesizer):
                 with hooks_active(self.bn_hooks):
                     t_out = self.teacher(global_view)
                 global_feat = self.instance_features()
-                terms = {"bn": bn_loss(self.bn_hooks), "oh": F.cross_entropy(t_out, targets)}
+                terms = {"bn": bn_loss(self.bn_hooks), "oh": cross_entropy(t_out, targets)}
                 if c.adv > 0:
                     terms["adv"] = adversarial_kl(self.student(global_view), t_out)
                 features = {}

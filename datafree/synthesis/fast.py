@@ -61,6 +61,11 @@ class FastInversionLoss:
         """Per-sample weights of the one-hot and adversarial terms; None: a plain batch mean."""
         return None
 
+    def adversarial_on(self):
+        """Whether the adversarial term counts in this call: Fast's rule compares the calls made
+        with the warm-up epochs, as the original does."""
+        return self.calls >= self.config.warmup
+
     def inversion_loss(self, images, targets):
         """The weighted loss and its terms for one batch of generated images in [0, 1]."""
         c = self.config
@@ -69,7 +74,7 @@ class FastInversionLoss:
         self.teacher_logits = t_out.detach()
         weights = self.sample_weights(t_out)
         terms = {"bn": bn_loss(self.hooks), "oh": self.task.one_hot_loss(t_out, targets, weights)}
-        if c.adv > 0 and self.calls >= c.warmup:
+        if c.adv > 0 and self.adversarial_on():
             terms["adv"] = self.task.adversarial_loss(self.student(inputs), t_out, weights)
         total = c.bn * terms["bn"] + c.oh * terms["oh"] + c.adv * terms.get("adv", 0.0)
         return total, terms

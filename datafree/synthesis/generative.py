@@ -16,10 +16,9 @@ adversarial term identically zero; here it is computed with the real student.
 KD batches are drawn from the generator (no pool), so their sampling counts as synthesis time.
 """
 import torch
-import torch.nn.functional as F
 
 from datafree.augment import Normalizer
-from datafree.criterions import activation, class_balance, kldiv
+from datafree.criterions import activation, class_balance, cross_entropy, kldiv, l1_logits
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator
 
@@ -28,10 +27,6 @@ from .flags import TERMS, method_flag
 
 method_flag("act", 0.0, "weight of DAFL's activation term", group=TERMS)
 method_flag("balance", 0.0, "weight of the class-balance term", group=TERMS)
-
-
-def l1_logits(student_logits, teacher_logits):
-    return F.l1_loss(student_logits, teacher_logits)
 
 
 class GenerativeSynthesizer(BaseSynthesizer):
@@ -56,7 +51,7 @@ class GenerativeSynthesizer(BaseSynthesizer):
     def losses(self, inputs):
         c = self.config
         t_out, t_feat = self.teacher(inputs, return_features=True)
-        terms = {"oh": F.cross_entropy(t_out, t_out.argmax(dim=1)), "act": activation(t_feat),
+        terms = {"oh": cross_entropy(t_out, t_out.argmax(dim=1)), "act": activation(t_feat),
                  "balance": class_balance(t_out)}
         if self.hooks:
             terms["bn"] = bn_loss(self.hooks)

@@ -9,8 +9,9 @@ set's size), and the run's work follows the buffer, not the training set:
   many new images as it replaces (``--ssd_replace`` of the buffer, at most one batch), once per
   epoch, ``--ssd_refresh_share`` of the buffer per epoch, or before every
   ``--ssd_refresh_every``-th KD step (``epoch_plan``);
-- an epoch has as many KD steps as ``--ssd_kd_passes`` passes over the buffer need (default:
-  as many passes as Fast's ep_steps make over the real training set);
+- an epoch has Fast's count of KD steps (``--ep_steps``; or as many as ``--ssd_kd_passes``
+  passes over the buffer need), on batches of a quarter of Fast's (``--ssd_kd_batch``): the
+  student keeps Fast's number of updates however small the buffer, at a quarter of the images;
 - the modulating function phi balances samples by *diversity* (a sample whose teacher class is
   frequent in the buffer weighs less) and *difficulty* (a focal factor ``(1 - teacher
   confidence)^gamma``). It weighs the per-sample inversion terms (one-hot and adversarial; the
@@ -44,16 +45,19 @@ from .fast import FastMetaSynthesizer
 from .flags import method_flag
 
 BUFFER_SHARE = 0.1   # the paper's buffer: 10% of the original training set
+KD_BATCH_DIVISOR = 4   # default KD batch: a quarter of --batch_size (what makes SSD-KD's KD cheaper than Fast's)
 SAMPLING = ("policy", "priority", "uniform")
 REWARDS = ("progress", "relative")
 POLICY_INITS = ("priority", "uniform")
 
 SSD = "SSD-KD (--method ssd; docs/ssd_kd.md: what is from the paper and what is ours)"
-method_flag("ssd_buffer_size", 0, "images the replay buffer holds (default 0: 10%% of the dataset's training set); "
-                                  "under torchrun the total, each process holding its share", group=SSD)
-method_flag("ssd_kd_passes", 0.0, "passes over the buffer per epoch, which set its KD steps (default 0: as many "
-                                  "passes as --ep_steps x --batch_size make over the real training set, Fast's "
-                                  "schedule)", group=SSD)
+method_flag("ssd_buffer_size", 0, "images the replay buffer holds (default 0: 10%% of the dataset's training set, "
+                                  "or of the images Fast would synthesise over the run where that is fewer); under "
+                                  "torchrun the total, each process holding its share", group=SSD)
+method_flag("ssd_kd_batch", 0, "images per KD batch drawn from the buffer (default 0: a quarter of --batch_size, "
+                               "at least one)", group=SSD)
+method_flag("ssd_kd_passes", 0.0, "passes over the buffer per epoch, which set its KD steps (default 0: --ep_steps "
+                                  "KD steps an epoch, Fast's count, whatever the buffer's size)", group=SSD)
 method_flag("ssd_refresh_every", 0, "once the buffer is full, a synthesis call before every K-th KD step (default 0: "
                                     "by --ssd_refresh_share)", metavar="K", group=SSD)
 method_flag("ssd_refresh_share", 0.0, "once the buffer is full, the share of it renewed per epoch by synthesis calls "
@@ -61,8 +65,8 @@ method_flag("ssd_refresh_share", 0.0, "once the buffer is full, the share of it 
 method_flag("ssd_sampling", "policy", "how KD batches are drawn from the buffer: a learned policy (REINFORCE, "
                                       "rewarded by the student's progress on its draws), fixed priorities "
                                       "(prioritised replay), or uniformly", choices=SAMPLING, group=SSD)
-method_flag("ssd_policy_lr", 0.05, "learning rate of the sampling policy (--ssd_sampling policy)", group=SSD)
-method_flag("ssd_policy_init", "priority", "where the learned policy starts: prioritised replay's probabilities "
+method_flag("ssd_policy_lr", 0.01, "learning rate of the sampling policy (--ssd_sampling policy)", group=SSD)
+method_flag("ssd_policy_init", "uniform", "where the learned policy starts: prioritised replay's probabilities "
                                            "(priority^alpha) or uniform draws", choices=POLICY_INITS, group=SSD)
 method_flag("ssd_reward", "relative", "the policy's reward for a draw: the student's progress on it, KL before its KD "
                                       "step minus after (progress), or that over KL before (relative: the share of the "
@@ -70,16 +74,16 @@ method_flag("ssd_reward", "relative", "the policy's reward for a draw: the stude
             choices=REWARDS, group=SSD)
 method_flag("ssd_phi", 1, "1: the modulating function phi weighs inversion and KD; 0: every sample weighs 1",
             choices=(0, 1), group=SSD)
-method_flag("ssd_gamma", 2.0, "difficulty exponent of the modulating function: (1 - teacher confidence)^gamma",
+method_flag("ssd_gamma", 0.5, "difficulty exponent of the modulating function: (1 - teacher confidence)^gamma",
             group=SSD)
 method_flag("ssd_beta", 0.4, "importance-sampling exponent at the start; it rises linearly to 1 by the last KD step",
             group=SSD)
 method_flag("ssd_alpha", 0.6, "priority exponent: P(i) proportional to priority_i^alpha (--ssd_sampling priority), "
                               "and the policy's starting point", group=SSD)
-method_flag("ssd_min_weight", 0.0, "floor of the modulating weight phi (mean 1 before the floor and the cap): with a "
+method_flag("ssd_min_weight", 0.5, "floor of the modulating weight phi (mean 1 before the floor and the cap): with a "
                                    "confident teacher most images' focal factor is near 0, and without a floor they "
                                    "drop out of the KD loss", group=SSD)
-method_flag("ssd_max_weight", 3.0, "cap of the modulating weight phi (mean 1 over a batch) of one sample", group=SSD)
+method_flag("ssd_max_weight", 2.0, "cap of the modulating weight phi (mean 1 over a batch) of one sample", group=SSD)
 method_flag("ssd_replace", 0.25, "share of a full buffer that one refresh call synthesises and replaces (at most one "
                                  "synthesis batch)", group=SSD)
 method_flag("ssd_replace_rule", "priority", "which stored images a full buffer gives up: lowest priority, oldest, or "
@@ -130,6 +134,20 @@ def normalised_phi(classes, class_counts, difficulty, num_classes, max_weight, m
     return phi.clamp(min=min_weight, max=max_weight)
 
 
+def fast_images(config):
+    """Images Fast (one call per round, ``synthesis_batch_size`` each) would synthesise over the run in one process."""
+    return config.epochs * (config.ep_steps // config.kd_steps) * (config.synthesis_batch_size or config.batch_size)
+
+
+def default_buffer_size(train_size, synthesised):
+    """The buffer without --ssd_buffer_size: 10% of the training set, the paper's, where Fast's pool would reach that
+    size (as on CIFAR: 220 epochs of 256 images, 56k, against 50k); 10% of Fast's pool where it would stay smaller (a
+    short run), so the buffer stays a tenth of what Fast keeps. 0 when the training-set size is unknown."""
+    if not train_size:
+        return 0
+    return math.ceil(BUFFER_SHARE * min(train_size, synthesised))
+
+
 def importance_beta(beta0, done, total):
     """beta rises linearly from beta0 at the first KD step to 1 at the last (as in PER)."""
     return beta0 + (1 - beta0) * min(1.0, done / max(total, 1))
@@ -154,12 +172,19 @@ def split_steps(steps, parts):
     return [base + (i < extra) for i in range(parts)]
 
 
-def draw_rewards(before, after, kind):
+def draw_rewards(before, after, kind, weights=None):
     """The policy's reward of each draw: the student's progress on it (KL before its KD step minus
     after), or with ``relative`` that progress over KL before. Absolute progress is largest on the
     images the student fits worst, so it taught the policy to draw a few ambiguous images ever more
-    (on digits, one image got 39% of the draws)."""
+    (on digits, one image got 39% of the draws).
+
+    ``weights`` (N,): each draw's weight in the KD loss of the step (importance weight x phi). To first
+    order a step's progress on an image grows with the weight the image had in it, so a reward left
+    undivided would teach the policy to draw what the loss already weighs up; divided, it is the
+    progress per unit of weight, which only the image itself decides."""
     progress = before - after
+    if weights is not None:
+        progress = progress / weights.clamp_min(1e-6)
     return progress if kind == "progress" else progress / before.clamp_min(1e-6)
 
 
@@ -228,7 +253,8 @@ class SamplingPolicy:
 class SSDSynthesizer(FastMetaSynthesizer):
     flags = (FastMetaSynthesizer.flags - {"cmi_init"}) | {
         "ssd_buffer_size", "ssd_gamma", "ssd_beta", "ssd_alpha", "ssd_replace", "ssd_replace_rule", "ssd_max_weight",
-        "ssd_min_weight", "ssd_sampling", "ssd_policy_lr", "ssd_policy_init", "ssd_reward", "ssd_phi", "ssd_kd_passes", "ssd_refresh_every", "ssd_refresh_share"}
+        "ssd_min_weight", "ssd_sampling", "ssd_policy_lr", "ssd_policy_init", "ssd_reward", "ssd_phi", "ssd_kd_passes",
+        "ssd_kd_batch", "ssd_refresh_every", "ssd_refresh_share"}
     distributed_ready = True   # each process its own buffer and policy; the generator is shared (fast_meta)
     tasks = frozenset({"classification"})   # per-sample priorities and class counts need one class per image
     pool_needs_logits = True
@@ -244,8 +270,9 @@ class SSDSynthesizer(FastMetaSynthesizer):
         if not 0 < args.ssd_replace <= 1:
             raise UsageError(f"--ssd_replace ({args.ssd_replace}) is the share of the buffer a refresh call renews: "
                              f"give a value in (0, 1]")
-        if args.ssd_refresh_every < 0 or args.ssd_refresh_share < 0 or args.ssd_kd_passes < 0:
-            raise UsageError("--ssd_refresh_every, --ssd_refresh_share and --ssd_kd_passes cannot be negative")
+        if min(args.ssd_refresh_every, args.ssd_refresh_share, args.ssd_kd_passes, args.ssd_kd_batch) < 0:
+            raise UsageError("--ssd_refresh_every, --ssd_refresh_share, --ssd_kd_passes and --ssd_kd_batch cannot be "
+                             "negative")
         if args.ssd_refresh_every and args.ssd_refresh_share:
             raise UsageError("--ssd_refresh_every (a call every K KD steps) and --ssd_refresh_share (a share of the "
                              "buffer per epoch) are two ways to set one schedule; give one of them")
@@ -253,23 +280,21 @@ class SSDSynthesizer(FastMetaSynthesizer):
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
         c = config
-        total = c.ssd_buffer_size or math.ceil(BUFFER_SHARE * (c.train_size or 0))
+        world = distributed.get_world_size()
+        total = c.ssd_buffer_size or default_buffer_size(c.train_size, fast_images(c) * world)
         if total < 1:
             raise UsageError("SSD-KD needs --ssd_buffer_size (the training-set size of this dataset is unknown)")
-        world = distributed.get_world_size()
         if total < world:
             raise UsageError(f"--ssd_buffer_size {total} cannot be shared by {world} processes; give at least {world}")
         capacity = math.ceil(total / world)   # every process the same size, so every rank plans the same epochs
-        passes = c.ssd_kd_passes
-        if not passes:
-            if not c.train_size:
-                raise UsageError("SSD-KD needs --ssd_kd_passes (the training-set size that sets its default is unknown)")
-            passes = c.ep_steps * c.batch_size * world / c.train_size   # Fast's passes over the real training set
         self.pool.close()
         self.pool = PrioritizedPool(device, capacity, alpha=c.ssd_alpha, replace=c.ssd_replace,
                                     rule=c.ssd_replace_rule, **pool_options(c))
         self.full_batch = self.batch_size
-        self.steps_per_epoch = kd_steps_per_epoch(passes, capacity, self.sample_batch_size)
+        self.sample_batch_size = (distributed.per_process(c.ssd_kd_batch) if c.ssd_kd_batch
+                                  else max(1, c.batch_size // KD_BATCH_DIVISOR))
+        self.steps_per_epoch = (kd_steps_per_epoch(c.ssd_kd_passes, capacity, self.sample_batch_size)
+                                if c.ssd_kd_passes else c.ep_steps)
         self.total_kd_steps = self.steps_per_epoch * (c.epochs - c.warmup)
         # the policy starts as prioritised replay (theta = (alpha, 0, 0)) or as uniform draws (theta = 0)
         start = c.ssd_alpha if c.ssd_policy_init == "priority" else 0.0
@@ -366,7 +391,8 @@ class SSDSynthesizer(FastMetaSynthesizer):
             self.pool.touched[index] = self.steps_done
         if drawn["policy"] is not None:
             self.probe = {"inputs": batch.images, "teacher_logits": teacher_logits.detach(),
-                          "before": per_sample.detach(), "policy": drawn["policy"]}
+                          "before": per_sample.detach(), "weights": drawn["weights"].detach().float(),
+                          "policy": drawn["policy"]}
         self.steps_done += 1
         return (drawn["weights"].to(per_sample.dtype) * per_sample).mean()
 
@@ -384,7 +410,7 @@ class SSDSynthesizer(FastMetaSynthesizer):
         after = kldiv_per_sample(after_logits.float(), probe["teacher_logits"].float(), T=self.config.T)
         drawn_features, mean_features = probe["policy"]
         return self.policy.update(drawn_features, mean_features,
-                                  draw_rewards(probe["before"], after, self.config.ssd_reward))
+                                  draw_rewards(probe["before"], after, self.config.ssd_reward, probe["weights"]))
 
     # ------------------------------------------------------------- persistence
     def state_dict(self):
@@ -392,7 +418,8 @@ class SSDSynthesizer(FastMetaSynthesizer):
         # uninterrupted one does
         probe = None if self.probe is None else {
             "inputs": self.probe["inputs"].cpu(), "teacher_logits": self.probe["teacher_logits"].cpu(),
-            "before": self.probe["before"].cpu(), "policy": tuple(t.cpu() for t in self.probe["policy"])}
+            "before": self.probe["before"].cpu(), "weights": self.probe["weights"].cpu(),
+            "policy": tuple(t.cpu() for t in self.probe["policy"])}
         return {**super().state_dict(), "steps_done": self.steps_done,
                 "policy": None if self.policy is None else self.policy.state_dict(), "probe": probe}
 
@@ -404,4 +431,6 @@ class SSDSynthesizer(FastMetaSynthesizer):
         probe = state.get("probe") if self.policy is not None else None
         self.probe = None if probe is None else {
             "inputs": probe["inputs"].to(self.device), "teacher_logits": probe["teacher_logits"].to(self.device),
-            "before": probe["before"].to(self.device), "policy": tuple(t.to(self.device) for t in probe["policy"])}
+            "before": probe["before"].to(self.device), "policy": tuple(t.to(self.device) for t in probe["policy"]),
+            "weights": probe["weights"].to(self.device) if "weights" in probe
+            else torch.ones_like(probe["before"])}

@@ -11,6 +11,7 @@ from datafree.checkpoint import load_weights
 from datafree.engine import SupervisedJob, evaluate, fit, resume_training
 from datafree.errors import CheckpointError, RunStopped, UsageError
 from datafree.interrupt import StopSignals
+from datafree.precision import Precision
 from datafree.tasks import Classification
 from datafree.utils.misc import select_device, set_seed
 
@@ -51,6 +52,15 @@ def add_distillation_args(parser, model_choices, teacher, student, T):
                        help="teacher checkpoint (default: checkpoints/pretrained/{dataset}_{teacher}.pth)")
     group.add_argument("--T", default=T, type=float, help="distillation temperature (default: %(default)s)")
     return group
+
+
+def add_precision_arg(group, default="fp32", help_tail=""):
+    """--precision, as every entry script reads it (datafree.precision's modes)."""
+    from datafree.precision import AUTO, MODES
+    group.add_argument("--precision", default=default, choices=(*MODES, AUTO),
+                       help="fp32, fp16 (float16 + gradient scaling on CUDA, bfloat16 on the CPU), bf16 (bfloat16 "
+                            "autocast on any device, no scaler), or auto: bf16 where the device computes bfloat16 "
+                            f"natively (a CPU with AVX512-BF16/AMX, a recent GPU), else fp32{help_tail}")
 
 
 def add_run_args(parser, print_freq="log the training loss every N iterations (default: 0, once per epoch)"):
@@ -249,13 +259,15 @@ def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_
     if args.evaluate_only:
         return evaluate_checkpoint(model, resume_path, arch, val_loader, device, task)
 
+    precision = Precision(device, getattr(args, "precision", "fp32"))
     optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+                                weight_decay=args.weight_decay, **precision.optimizer_options())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     start_epoch, best_acc1 = 0, 0.0
     if resume_path:
         ckpt = resume_training(resume_path, model, arch, optimizer, scheduler, device)
         start_epoch, best_acc1 = ckpt["epoch"], ckpt["best_acc1"]
+        precision.load_state_dict(ckpt.get("precision"))
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
     distributed.seed_per_rank(args.seed, start_epoch)
@@ -267,7 +279,8 @@ def run_training(args, model, train_loader, val_loader, loss_fn, device, resume_
             logger.info(f"resumed from {resume_path} at epoch {start_epoch} (best {task.label} {best_acc1:.2f})")
         with StopSignals() as stop:
             job = SupervisedJob(model, train_loader, optimizer, scheduler, loss_fn, device, args.output, logger,
-                                extra=checkpoint_extra, print_freq=args.print_freq, stop=stop, start_epoch=start_epoch)
+                                extra=checkpoint_extra, print_freq=args.print_freq, stop=stop, start_epoch=start_epoch,
+                                precision=precision)
             best_acc1 = fit(job, model, optimizer, scheduler, val_loader, device, epochs=args.epochs,
                             run_dir=args.output, logger=logger, start_epoch=start_epoch, best_acc1=best_acc1,
                             summary_info=run_summary_info(run_name, args, arch), task=task, stop=stop)

@@ -1,0 +1,92 @@
+"""benchmarks/nayer_side_by_side.py: both sides get one budget, and a tiny run of NAYER's own code on digits."""
+import importlib.util
+import json
+import os
+import pickle
+import shlex
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import datafree_kd
+import registry
+from conftest import ROOT
+from datafree.checkpoint import atomic_save
+from datafree.label_embedding import hash_embeddings
+
+SCRIPT = os.path.join(ROOT, "benchmarks", "nayer_side_by_side.py")
+NAYER_CHECKOUT = os.environ.get("NAYER_ROOT", "/work/ext/NAYER")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("nayer_side_by_side", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sbs = load_script()
+
+
+def options(**overrides):
+    values = dict(ours_root=ROOT, dataset="digits", data_root=None, teacher="wrn16_2", student="wrn16_1",
+                  teacher_ckpt="t.pth", seed=3, label_embedding="hash", ours_args="", original_args="")
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def flag_values(argv):
+    return {token: argv[i + 1] for i, token in enumerate(argv[:-1]) if token.startswith("--")}
+
+
+def test_the_budget_comes_from_our_preset_and_the_flags_override_it():
+    budget = sbs.read_budget(sbs.DEFAULT_CONFIG, {"epochs": 3, "g_steps": None})
+    assert budget["epochs"] == 3 and budget["g_steps"] == 10 and budget["kd_steps"] == 20   # the preset's ep_steps
+    assert (budget["g_loops"], budget["gwp_loops"], budget["g_life"]) == (2, 10, 10)
+    assert budget["synthesis_batch_size"] == 100
+
+
+def test_both_sides_get_the_same_budget(tmp_path):
+    budget = sbs.read_budget(sbs.DEFAULT_CONFIG, {})
+    embedding = tmp_path / "emb.pickle"
+    embedding.write_bytes(b"")
+    ours = sbs.our_command(budget, options(), "out", str(embedding))
+    args = datafree_kd.parse_args(ours[2:])           # our parser takes it, no flag refused
+    theirs = flag_values(sbs.their_argv(budget, options()))
+    for key in sbs.BUDGET:
+        ours_value = args.ep_steps if key == "kd_steps" else getattr(args, key)
+        assert float(ours_value) == float(theirs[f"--{key}"]) == float(budget[key]), key
+    assert args.kd_steps == args.ep_steps            # one round: every synthesis call of the epoch, then its KD steps
+    assert args.method == "nayer" and args.precision == "fp32"
+    assert args.synthesis_channels is None            # three channels, as their generator makes
+    assert args.label_embedding == str(embedding) and args.seed == int(theirs["--seed"]) == 3
+    assert (theirs["--method"], theirs["--dataset"], theirs["--workers"]) == ("nayer", sbs.ALIAS, "0")
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(NAYER_CHECKOUT, "datafree_kd.py"))
+                    or not os.path.isfile(os.path.join(sbs.DEFAULT_HARNESS, "run_upstream.py")),
+                    reason="NAYER's checkout or the upstream_bench harness is not here")
+def test_a_tiny_run_of_nayers_own_code_beside_ours(tmp_path, capsys):
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.pth"
+    atomic_save({"state_dict": registry.get_model("resnet8", 10).state_dict()}, str(teacher))
+    tiny = ["--epochs", "2", "--warmup", "1", "--batch_size", "16", "--synthesis_batch_size", "20", "--kd_steps", "2",
+            "--g_steps", "1", "--g_loops", "1", "--gwp_loops", "2", "--le_emb_size", "32"]
+    assert sbs.main(["--nayer", NAYER_CHECKOUT, "--teacher", "resnet8", "--student", "resnet8", "--teacher_ckpt",
+                     str(teacher), "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "s.json"), *tiny]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary == json.loads((tmp_path / "s.json").read_text())
+    ours, original = summary["ours"], summary["original"]
+    assert "error" not in ours and "error" not in original, (ours, original)
+    assert len(ours["acc"]) == len(original["acc"]) == 2
+    assert original["acc"][0] == 0.0 and original["acc"][1] > 0     # NAYER's code evaluates after its warm-up only
+    assert ours["cpu_seconds_per_epoch"] > 0 and original["cpu_seconds_per_epoch"] > 0
+    assert len(original["cpu_seconds_each_epoch"]) == 2 and all(s > 0 for s in original["cpu_seconds_each_epoch"])
+    assert "--g_loops 1 --gwp_loops 2" in original["argv"] and "--g_loops 1 --gwp_loops 2" in ours["command"]
+    folder = tmp_path / "work" / "digits-seed0"
+    with open(folder / "original" / "label_embedding" / f"{sbs.ALIAS}_le.pickle", "rb") as f:
+        handed = pickle.load(f)                # what NAYER's code read: our embedding of the digits' names
+    assert torch.equal(handed, hash_embeddings(10, registry.class_names("digits")))
+    assert shlex.split(ours["command"])[shlex.split(ours["command"]).index("--label_embedding") + 1] == \
+        str(folder / "label_embedding.pickle")
