@@ -50,6 +50,7 @@ class Row:
     paper_row: str = None
     per_teacher: bool = False     # one run per teacher (a teacher row), shared by its pairs
     seeds: list = None            # overrides the table's seeds
+    reference_row: str = None     # overrides the table's reference row for this row's speed-up
 
     @property
     def slug(self):
@@ -165,8 +166,9 @@ def load_spec(path, root=None):
     spec = TableSpec(**{**raw, "rows": rows, "pairs": [tuple(p) for p in raw["pairs"]]})
     if spec.speed_up_of not in SPEED_UP_OF:
         raise UsageError(f"{path}: speed_up_of must be one of {', '.join(SPEED_UP_OF)}, not '{spec.speed_up_of}'")
-    if spec.reference_row and spec.reference_row not in names:
-        raise UsageError(f"{path}: reference_row '{spec.reference_row}' is not a row of the table")
+    for reference in [spec.reference_row, *(r.reference_row for r in rows)]:
+        if reference and reference not in names:
+            raise UsageError(f"{path}: reference_row '{reference}' is not a row of the table")
     spec.root = root or spec.root or os.path.join("runs", "tables", spec.name)
     return spec
 
@@ -327,8 +329,8 @@ def collect(spec):
     speed, hours = {}, f"{spec.speed_up_of}_hours"
     for row in spec.rows:
         ours = {r["pair"]: r[hours] for r in results if r["row"] == row.name and r[hours]}
-        ref = ({r["pair"]: r[hours] for r in results if r["row"] == spec.reference_row}
-               if spec.reference_row else {})
+        reference = row.reference_row or spec.reference_row
+        ref = {r["pair"]: r[hours] for r in results if r["row"] == reference} if reference else {}
         speed[row.name] = (speed_up(ref, ours) if ours else None, paper_speed.get(row.paper_row or row.name))
     return results, speed
 
@@ -455,6 +457,13 @@ def plot(spec, results, folder):
     return paths
 
 
+def reference_note(spec):
+    if not spec.reference_row:
+        return ""
+    own = [f"{r.name}: {r.reference_row}" for r in spec.rows if r.reference_row]
+    return f" (reference: {spec.reference_row}" + (f"; {', '.join(own)}" if own else "") + ")"
+
+
 def write_table(spec, folder=None):
     """Collect the spec's cells and write table.md, table.csv and the two plots into ``folder``
     (default: the spec's root). Returns (markdown text, list of written paths)."""
@@ -466,7 +475,7 @@ def write_table(spec, folder=None):
              f"when there are several; then the time to accuracy: the epoch, wall and CPU seconds at which a run first "
              f"reached {100 * REACH_FRACTION:.0f}% of the teacher's accuracy (mean over the seeds that reached it), or "
              f"'not reached'. Speed-up: mean over pairs of the reference row's {spec.speed_up_of} hours over "
-             f"this row's{' (reference: ' + spec.reference_row + ')' if spec.reference_row else ''}.\n\n")
+             f"this row's{reference_note(spec)}.\n\n")
     paths = [os.path.join(folder, "table.md"), os.path.join(folder, "table.csv")]
     atomic_write_text(header + notes + text, paths[0])
     atomic_write_text(to_csv(results, speed), paths[1])
