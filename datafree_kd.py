@@ -31,6 +31,7 @@ from datafree.interrupt import StopSignals, finished_epochs, resume_hint
 from datafree.pool import STORAGES as POOL_STORAGES
 from datafree.precision import AUTO, MODES as PRECISIONS, Precision, resolve_mode
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer, SynthesisConfig, require_task_support
+from datafree.synthesis.base import check_original_behaviours
 from datafree.synthesis.flags import METHOD_FLAGS, SYNTHESIS, TERMS, add_method_flags
 from datafree.utils.cli import (add_data_args, add_distillation_args, add_optim_args, add_run_args, evaluate_checkpoint,
                                 load_teacher, parse_with_config, prepare_run, run_cli, run_summary_info)
@@ -112,6 +113,7 @@ def check_args(args, parser, normalization=None):
             where = f"it applies to: {', '.join(users)}" if users else "no registered method uses it yet"
             raise UsageError(f"--{flag} is not used by method '{args.method}' ({where}); drop it")
     SYNTHESIZERS[args.method].check_args(args)
+    check_original_behaviours(getattr(args, "as_original", ""), args.method, SYNTHESIZERS[args.method])
     if args.kd_steps <= 0 or args.ep_steps < args.kd_steps:
         raise UsageError(f"--kd_steps ({args.kd_steps}) must be positive and at most --ep_steps ({args.ep_steps})")
     if args.save_pool and not issubclass(SYNTHESIZERS[args.method], PoolSynthesizer):

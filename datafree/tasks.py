@@ -163,7 +163,8 @@ class Task:
     def one_hot_loss(self, teacher_logits, targets, weights=None):
         raise NotImplementedError
 
-    def synthesis_augmentation(self, img_size, mean, std):
+    def synthesis_augmentation(self, img_size, mean, std, hflip=None):
+        """Images in [0, 1] -> augmented, normalised model inputs; ``hflip`` None: flip where the data declares it."""
         raise NotImplementedError
 
     def make_generator(self, nz, ngf, img_size, nc, out_channels=None):
@@ -192,8 +193,8 @@ class Classification(Task):
     def one_hot_loss(self, teacher_logits, targets, weights=None):
         return cross_entropy(teacher_logits, targets, weights)
 
-    def synthesis_augmentation(self, img_size, mean, std):
-        return crop_flip_normalize(img_size, mean, std, hflip=self.hflip)
+    def synthesis_augmentation(self, img_size, mean, std, hflip=None):
+        return crop_flip_normalize(img_size, mean, std, hflip=self.hflip if hflip is None else hflip)
 
     def make_generator(self, nz, ngf, img_size, nc, out_channels=None):
         return Generator(nz=nz, ngf=ngf, img_size=img_size, nc=nc, out_channels=out_channels)
@@ -232,10 +233,10 @@ class Segmentation(Task):
         own = teacher_logits.argmax(dim=1) if targets is None else targets
         return cross_entropy(teacher_logits, own, weights, ignore_index=self.ignore_index)
 
-    def synthesis_augmentation(self, img_size, mean, std):
+    def synthesis_augmentation(self, img_size, mean, std, hflip=None):
         return nn.Sequential(
             K.RandomResizedCrop(size=(img_size, img_size), scale=self.CROP_SCALE),
-            horizontal_flip(self.hflip),
+            horizontal_flip(self.hflip if hflip is None else hflip),
             Normalizer(mean, std),
         )
 

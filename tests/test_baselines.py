@@ -106,6 +106,7 @@ def make_config(**overrides):
                   ssd_replace_rule="priority", ssd_max_weight=3.0, ssd_min_weight=0.0, ssd_sampling="policy", ssd_policy_lr=0.05,
                   ssd_reward="relative", ssd_policy_init="priority",
                   ssd_phi=1, ssd_kd_passes=0.0, ssd_kd_batch=8, ssd_refresh_every=0, ssd_refresh_share=0.0,
+                  as_original="",
                   g_life=10, g_loops=1, gwp_loops=1, le_emb_size=32, label_embedding="hash", clip_model="unused")
     values.update(overrides)
     return SimpleNamespace(**values)
@@ -182,6 +183,32 @@ def test_deepinversion_pool_holds_the_best_step_not_the_last(monkeypatch):
     best_loss, best_pixels = min(seen, key=lambda item: item[0])
     expected = synth.normalizer.denormalize(best_pixels).clamp(0, 1)
     assert torch.allclose(out["images"], expected, atol=1e-6)
+
+
+def test_deepinversion_as_original_keeps_the_last_iterate(monkeypatch):
+    """--as_original deepinv_best: the original's 'best' batch is a view of the pixels being optimised, so the
+    pool gets the last step's pixels (after its update and clamp), whatever step had the lowest loss."""
+    torch.manual_seed(0)
+    teacher, student = registry.get_model("resnet8", 10).eval(), registry.get_model("resnet8", 10)
+    synth = SYNTHESIZERS["deepinv"](teacher, student, make_config(g_steps=3, lr_g=0.5, as_original="deepinv_best"),
+                                    torch.device("cpu"))
+    final = {}
+    real_add = synth.pool.add
+    monkeypatch.setattr(synth.pool, "add", lambda images: (final.setdefault("images", images.clone()),
+                                                            real_add(images))[1])
+    real_step = torch.optim.Adam.step
+
+    def step_and_record(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        final["pixels"] = self.param_groups[0]["params"][0]
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step_and_record)
+    out = synth.synthesize()
+    low = synth.normalizer(torch.zeros(1, 3, 1, 1))
+    high = synth.normalizer(torch.ones(1, 3, 1, 1))
+    last = torch.maximum(torch.minimum(final["pixels"].detach(), high), low)     # the last step, clamped
+    assert torch.allclose(out["images"], synth.normalizer.denormalize(last).clamp(0, 1), atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["zskt", "dfad"])

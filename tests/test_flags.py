@@ -87,3 +87,15 @@ def test_help_groups_the_method_flags():
     assert titles.index("data-free method") < titles.index("synthesis") < titles.index("run")
     terms = next(g for g in parser._action_groups if g.title == "data-free method")
     assert [a.dest for a in terms._group_actions][:4] == ["method", "adv", "bn", "oh"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "deepinv", "--as_original", "nope"], "--as_original nope: unknown; choose from flips, deepinv_best"),
+    (["--method", "fast_meta", "--as_original", "flips,deepinv_best"],
+     "--as_original deepinv_best does not apply to method 'fast_meta' \\(it applies to: flips\\)"),
+    (["--method", "dafl", "--as_original", "flips"], "--as_original is not used by method 'dafl'"),
+])
+def test_as_original_names_only_behaviours_the_method_has(argv, message):
+    with pytest.raises(UsageError, match=message):
+        datafree_kd.parse_args(argv)
+    assert datafree_kd.parse_args(["--method", "deepinv", "--as_original", "flips, deepinv_best"]).method == "deepinv"

@@ -113,3 +113,23 @@ def test_pool_methods_augment_synthesis_and_kd_batches_as_declared(method, hflip
         getattr(synth, "add_to_pool", synth.pool.add)(images)
     draws = torch.cat([flipped(synth.sample().images) for _ in range(8)])
     assert draws.any() == hflip
+
+
+@pytest.mark.parametrize("method", ["fast", "fast_meta", "deepinv", "cmi", "ssd", "nayer"])
+def test_as_original_flips_synthesis_views_but_not_kd_batches(method):
+    """--as_original flips: the original's synthesis augmentation flips whatever the data declares; KD batches
+    keep following the declaration (the original's pool transform does too)."""
+    torch.manual_seed(0)
+    teacher, student = registry.get_model("resnet8", 10).eval(), registry.get_model("resnet8", 10)
+    config = make_config(task=build_task("classification", 10, hflip=False), as_original="flips")
+    synth = SYNTHESIZERS[method](teacher, student, config, torch.device("cpu"))
+    assert flip_modules(synth.synthesis_aug) and not flip_modules(synth.aug)
+    if method == "cmi":
+        assert flip_modules(synth.local_aug)
+    if method == "deepinv":
+        assert synth.flip
+    views = synth.synthesis_aug(left_bright(64))
+    assert flipped(views).any()
+    plain = SYNTHESIZERS[method](teacher, student, make_config(task=build_task("classification", 10, hflip=False)),
+                                 torch.device("cpu"))
+    assert plain.synthesis_aug is plain.aug and not flip_modules(plain.synthesis_aug)

@@ -31,6 +31,35 @@ method_flag("cmi_init", None, "folder of pre-inverted images added to the pool",
 method_flag("lr_g", 1e-3, "learning rate of the generator")
 method_flag("g_steps", 1, "synthesis steps per call (k of Fast-k)")
 
+# Behaviours of the original release that ours changes on purpose, each of which --as_original brings back
+# (for side-by-side measurements: docs/differences-from-original.md).
+ORIGINAL_BEHAVIOURS = {
+    "flips": "synthesis views (Fast, CMI, DeepInversion, SSD-KD, NAYER) flip horizontally whatever the dataset "
+             "declares, as the original's kornia augmentation does; KD batches still follow the declaration",
+    "deepinv_best": "DeepInversion's call keeps its last iterate, not its lowest-loss step (the original's 'best' "
+                    "batch is a view of the pixels being optimised)",
+}
+method_flag("as_original", "", "comma list of the original release's behaviours to reproduce instead of ours: "
+                               + "; ".join(f"{k}: {v}" for k, v in ORIGINAL_BEHAVIOURS.items()),
+            metavar="NAME[,NAME]", group=TERMS)
+
+
+def original_behaviours(value):
+    """The set of names in an --as_original value (a comma list; empty: none)."""
+    return frozenset(name.strip() for name in (value or "").split(",") if name.strip())
+
+
+def check_original_behaviours(value, method, cls):
+    """Refuse names --as_original does not know, or that ``method`` has no use for (one sentence)."""
+    names = original_behaviours(value)
+    unknown = sorted(names - set(ORIGINAL_BEHAVIOURS))
+    if unknown:
+        raise UsageError(f"--as_original {', '.join(unknown)}: unknown; choose from {', '.join(ORIGINAL_BEHAVIOURS)}")
+    unused = sorted(names - cls.original_behaviours)
+    if unused:
+        raise UsageError(f"--as_original {', '.join(unused)} does not apply to method '{method}' (it applies to: "
+                         f"{', '.join(sorted(cls.original_behaviours)) or 'nothing'}); drop it")
+
 
 class KDBatch(NamedTuple):
     """One KD step's batch from ``sample()``: the normalised, augmented ``images`` (N, C, H, W)
@@ -124,6 +153,8 @@ class BaseSynthesizer:
     # Whether --precision auto may pick bfloat16 for this method: False where bf16 measurably cost accuracy
     # against fp32 on Fashion-MNIST (docs/fashion-mnist.md).
     bf16_in_auto = True
+    # The names of ORIGINAL_BEHAVIOURS this method can reproduce with --as_original.
+    original_behaviours = frozenset()
 
     @classmethod
     def check_args(cls, args):
@@ -179,9 +210,16 @@ def pool_options(config):
 class PoolSynthesizer(BaseSynthesizer):
     """Methods that keep each synthesised batch in an ImagePool and train on augmented draws."""
 
+    original_behaviours = frozenset({"flips"})
+
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
         self.aug = self.task.synthesis_augmentation(config.img_size, config.mean, config.std).to(device)
+        # the views the inversion loss sees; KD batches (self.aug) always follow the dataset's flip declaration
+        self.synthesis_aug = self.aug
+        if "flips" in original_behaviours(getattr(config, "as_original", "")):
+            self.synthesis_aug = self.task.synthesis_augmentation(config.img_size, config.mean, config.std,
+                                                                  hflip=True).to(device)
         self.pool = ImagePool(device, **pool_options(config))
 
     def seed_pool(self, folder):

@@ -26,7 +26,7 @@ from datafree.criterions import adversarial_kl, cross_entropy, info_nce
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator, reinitialize
 
-from .base import BestBatch, PoolSynthesizer, register_synthesizer
+from .base import BestBatch, PoolSynthesizer, original_behaviours, register_synthesizer
 from .flags import TERMS, method_flag
 
 method_flag("cr", 1.0, "weight of CMI's contrastive term", group=TERMS)
@@ -99,7 +99,7 @@ def feature_modules(teacher, teacher_name):
 
 @register_synthesizer("cmi")
 class CMISynthesizer(PoolSynthesizer):
-    flags = frozenset({"adv", "bn", "oh", "cr", "cr_T", "lr_g", "g_steps", "cmi_init"})
+    flags = frozenset({"adv", "bn", "oh", "cr", "cr_T", "lr_g", "g_steps", "cmi_init", "as_original"})
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
@@ -117,7 +117,7 @@ class CMISynthesizer(PoolSynthesizer):
         self.bank = MemoryBank(BANK_SIZE, 2 * dim, device)
         self.local_aug = nn.Sequential(
             K.RandomResizedCrop(size=(c.img_size, c.img_size), scale=(0.25, 1.0)),
-            horizontal_flip(self.task.hflip),
+            horizontal_flip(self.task.hflip or "flips" in original_behaviours(c.as_original)),
             self.aug[-1],
         )
 
@@ -150,7 +150,7 @@ class CMISynthesizer(PoolSynthesizer):
         for _ in range(c.g_steps):
             with self.precision.autocast():
                 images = self.generator(z)
-                global_view, local_view = self.aug(images), self.local_aug(images)
+                global_view, local_view = self.synthesis_aug(images), self.local_aug(images)
                 with hooks_active(self.bn_hooks):
                     t_out = self.teacher(global_view)
                 global_feat = self.instance_features()

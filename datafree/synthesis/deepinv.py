@@ -19,7 +19,7 @@ from datafree.augment import repeat_channels
 from datafree.criterions import jsdiv, l2_prior, total_variation
 from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
 
-from .base import BestBatch, PoolSynthesizer, register_synthesizer
+from .base import BestBatch, PoolSynthesizer, original_behaviours, register_synthesizer
 from .flags import TERMS, method_flag
 
 method_flag("tv", 0.0, "weight of DeepInversion's total-variation prior", group=TERMS)
@@ -43,7 +43,8 @@ def jitter_and_flip(images, hflip=True):
 
 @register_synthesizer("deepinv")
 class DeepInversionSynthesizer(PoolSynthesizer):
-    flags = frozenset({"adv", "bn", "oh", "tv", "l2", "lr_g", "g_steps", "cmi_init"})
+    flags = frozenset({"adv", "bn", "oh", "tv", "l2", "lr_g", "g_steps", "cmi_init", "as_original"})
+    original_behaviours = frozenset({"flips", "deepinv_best"})
     distributed_ready = True   # no state shared between calls: each rank inverts its own pixels
     tasks = frozenset({"classification", "segmentation"})
 
@@ -52,6 +53,9 @@ class DeepInversionSynthesizer(PoolSynthesizer):
         self.teacher_hooks = register_bn_hooks(teacher)
         self.student_hooks = register_bn_hooks(student)
         self.normalizer = self.aug[-1]
+        behaviours = original_behaviours(config.as_original)
+        self.flip = self.task.hflip or "flips" in behaviours
+        self.keep_last = "deepinv_best" in behaviours
 
     def synthesize(self):
         c = self.config
@@ -70,7 +74,7 @@ class DeepInversionSynthesizer(PoolSynthesizer):
         with hooks_active(self.teacher_hooks + self.student_hooks):
             for _ in range(c.g_steps):
                 with self.precision.autocast():
-                    view = repeat_channels(jitter_and_flip(pixels, self.task.hflip), c.nc)
+                    view = repeat_channels(jitter_and_flip(pixels, self.flip), c.nc)
                     t_out = self.teacher(view)
                     terms = {"oh": self.task.one_hot_loss(t_out, targets)}
                     if c.adv > 0:
@@ -91,6 +95,7 @@ class DeepInversionSynthesizer(PoolSynthesizer):
                     pixels.copy_(torch.maximum(torch.minimum(pixels, high), low))
         self.precision.guard.flush()   # before the best batch reaches the pool
         self.student.train()
-        images = self.normalizer.denormalize(repeat_channels(best.values["pixels"], c.nc)).clamp(0, 1)
+        kept = pixels.detach() if self.keep_last else best.values["pixels"]
+        images = self.normalizer.denormalize(repeat_channels(kept, c.nc)).clamp(0, 1)
         self.pool.add(images)
         return {"images": images, **best.report()}

@@ -69,7 +69,7 @@ class FastInversionLoss:
     def inversion_loss(self, images, targets):
         """The weighted loss and its terms for one batch of generated images in [0, 1]."""
         c = self.config
-        inputs = self.aug(images)
+        inputs = self.synthesis_aug(images)
         t_out = self.teacher(inputs)
         self.teacher_logits = t_out.detach()
         weights = self.sample_weights(t_out)
@@ -82,7 +82,7 @@ class FastInversionLoss:
 
 @register_synthesizer("fast")
 class FastSynthesizer(FastInversionLoss, PoolSynthesizer):
-    flags = frozenset({"adv", "bn", "oh", "lr_g", "lr_z", "g_steps", "bn_mmt", "cmi_init"})
+    flags = frozenset({"adv", "bn", "oh", "lr_g", "lr_z", "g_steps", "bn_mmt", "cmi_init", "as_original"})
     tasks = frozenset({"classification", "segmentation"})
     meta_learning = False
     pool_needs_logits = False

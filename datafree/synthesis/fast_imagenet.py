@@ -58,6 +58,7 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "lr_g", "lr_z", "lr_g_meta", "lr_z_meta", "g_steps", "bn_mmt",
                        "is_maml", "reinit", "rand_label", "cmi_init"})
     distributed_ready = True
+    original_behaviours = frozenset()
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
@@ -66,7 +67,8 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
             raise ValueError(f"fast_meta_imagenet needs an image size divisible by 16, not {c.img_size}")
         normalizer = self.aug[-1]
         self.kd_aug = resized_crop_flip_normalize(c.img_size, KD_CROP_SCALE, normalizer, self.task.hflip).to(device)
-        self.aug = resized_crop_flip_normalize(c.img_size, SYNTHESIS_CROP_SCALE, normalizer, self.task.hflip).to(device)
+        self.aug = self.synthesis_aug = resized_crop_flip_normalize(c.img_size, SYNTHESIS_CROP_SCALE, normalizer,
+                                                                    self.task.hflip).to(device)
         self.generator = DeepGenerator(nz=DEFAULT_NZ, ngf=DEFAULT_NGF, img_size=c.img_size, nc=self.synthesis_channels,
                                        out_channels=c.nc).to(device)
         self.generator.train()

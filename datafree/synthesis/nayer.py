@@ -123,7 +123,7 @@ class NayerGenerator(nn.Module):
 @register_synthesizer("nayer")
 class NayerSynthesizer(FastInversionLoss, PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "lr_g", "g_steps", "bn_mmt", "g_life", "g_loops", "gwp_loops",
-                       "le_emb_size", "label_embedding", "clip_model", "cmi_init"})
+                       "le_emb_size", "label_embedding", "clip_model", "cmi_init", "as_original"})
     distributed_ready = True
 
     @classmethod

@@ -16,6 +16,7 @@ from .base import PoolSynthesizer, register_synthesizer
 @register_synthesizer("noise")
 class NoiseSynthesizer(PoolSynthesizer):
     flags = frozenset({"cmi_init"})
+    original_behaviours = frozenset()   # nothing is synthesised
     tasks = frozenset({"classification", "segmentation"})
     distributed_ready = True   # no state shared between calls: each rank fills its own pool
 
