@@ -43,14 +43,15 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import datafree_kd  # noqa: E402
-import registry  # noqa: E402
+from datafree.commands import kd as datafree_kd  # noqa: E402
+from datafree import registry  # noqa: E402
 from datafree import distributed, engine  # noqa: E402
 from datafree.checkpoint import atomic_save, read_summary  # noqa: E402
 from datafree.datasets.transforms import cifar_style  # noqa: E402
 from datafree.engine import now  # noqa: E402
 from datafree.precision import Precision, native_bfloat16  # noqa: E402
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer  # noqa: E402
+from datafree.run import registered_data, synthesizer_config  # noqa: E402
 
 RANDOM_DATASET = "random_cifar10"
 PRESETS = {
@@ -251,7 +252,7 @@ def network_floor(args, device, val_size, image_shape, clock=now, repeats=1):
     img_size = args.img_size or image_shape[-1]
     teacher = registry.get_model(args.teacher, num_classes, task=task).to(device).eval()
     student = registry.get_model(args.student, num_classes, task=task).to(device)
-    config = datafree_kd.synthesizer_config(args, num_classes, (nc, img_size, img_size), task=task)
+    config = synthesizer_config(args, registered_data(args, (nc, img_size, img_size), task=task))
     generator = getattr(method(registry.get_model(args.teacher, num_classes, task=task).to(device),
                                student, config, device), "generator", None)
     memory = torch.channels_last if args.channels_last else torch.contiguous_format

@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import make_init_pool  # noqa: E402
-import registry  # noqa: E402
+from datafree import registry  # noqa: E402
 from datafree.checkpoint import atomic_save  # noqa: E402
 
 PRESET = os.path.join(ROOT, "configs", "imagenet", "init_pool_deepinv.yaml")

@@ -53,8 +53,8 @@ class Tiny224(nn.Module):
 
 def worker(argv):
     """One torchrun process: register the tiny model, then run datafree_kd.py's main."""
-    import datafree_kd
-    import registry
+    from datafree.commands import kd as datafree_kd
+    from datafree import registry
 
     registry.register_model(MODEL)(Tiny224)
     datafree_kd.run_cli(datafree_kd.main, argv)

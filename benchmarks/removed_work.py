@@ -25,7 +25,7 @@ from kornia import augmentation as K
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import registry  # noqa: E402
+from datafree import registry  # noqa: E402
 from datafree.augment import RandomCropFlip  # noqa: E402
 
 

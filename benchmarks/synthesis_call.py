@@ -19,11 +19,12 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import datafree_kd  # noqa: E402
-import registry  # noqa: E402
+from datafree.commands import kd as datafree_kd  # noqa: E402
+from datafree import registry  # noqa: E402
 from datafree.engine import now  # noqa: E402
 from datafree.precision import resolve_mode  # noqa: E402
 from datafree.synthesis import SYNTHESIZERS  # noqa: E402
+from datafree.run import registered_data, synthesizer_config  # noqa: E402
 
 # Loss weights of the ImageNet recipes (docs/imagenet-and-torchrun.md: the initial pool; configs/imagenet/ for Fast-50, ResNet-18 student);
 # only which terms are non-zero changes the cost.
@@ -53,7 +54,7 @@ def build(opts, device):
     if args.channels_last:
         teacher.to(memory_format=torch.channels_last)
         student.to(memory_format=torch.channels_last)
-    config = datafree_kd.synthesizer_config(args, num_classes, (nc, args.img_size, args.img_size), task=task)
+    config = synthesizer_config(args, registered_data(args, (nc, args.img_size, args.img_size), task=task))
     synthesizer = SYNTHESIZERS[args.method](teacher, student, config, device)
     if args.channels_last and hasattr(synthesizer, "generator"):
         synthesizer.generator.to(memory_format=torch.channels_last)

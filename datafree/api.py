@@ -3,8 +3,8 @@
 No registry entry, dataset or flag file is needed: the teacher and the student are any
 ``nn.Module`` classifiers (``model(x)`` returns logits), and the run is described by the input
 shape, the normalisation and the class count. The run itself is datafree_kd.py's: the same
-synthesizers, the same epoch loop (``datafree.engine.fit`` with ``datafree_kd.DataFreeJob``), the same flags, checked the same
-way (a setting is a flag's name without ``--``).
+``datafree.run.build_run``, synthesizers and epoch loop (``datafree.engine.fit`` over a ``DataFreeJob``), the same
+flags, checked the same way (a setting is a flag's name without ``--``).
 """
 import contextlib
 import os
@@ -50,7 +50,7 @@ def distill(teacher, student, method="fast_meta", *, input_shape, mean, std, num
     (None when the folder was temporary). The returned student is the one after the last epoch,
     in eval mode.
     """
-    import datafree_kd   # the flat entry script holds the data-free run; imported when first used
+    from datafree.commands import kd as datafree_kd   # its flags and their checks
     from datafree.utils.cli import config_values, read_config
 
     given = sorted(key for key in settings if key in GIVEN_DIRECTLY)
@@ -77,13 +77,14 @@ def distill(teacher, student, method="fast_meta", *, input_shape, mean, std, num
     from datafree import distributed
     from datafree.checkpoint import read_summary
     from datafree.precision import resolve_mode
+    from datafree.run import RunData, build_run
     from datafree.tasks import build_task
     from datafree.utils.misc import select_device, set_seed
 
     device = torch.device(device) if device is not None else select_device(None)
     args.precision = resolve_mode(args.precision, device, datafree_kd.SYNTHESIZERS[method].bf16_in_auto)
     set_seed(args.seed)
-    task = build_task("classification", num_classes)
+    data = RunData(build_task("classification", num_classes), num_classes, tuple(input_shape), normalization)
     teacher, student = teacher.to(device).eval(), student.to(device)
     trainable = [p for p in teacher.parameters() if p.requires_grad]
     for p in trainable:
@@ -94,30 +95,18 @@ def distill(teacher, student, method="fast_meta", *, input_shape, mean, std, num
             if os.path.exists(os.path.join(run_dir, "last.pth")):
                 raise UsageError(f"{run_dir} already holds a run; choose another output folder")
             args.output = run_dir
-            config_ns = datafree_kd.synthesizer_config(args, num_classes, tuple(input_shape), task=task,
-                                                       normalization=normalization)
-            synthesizer = datafree_kd.make_synthesizer(args, teacher, student, config_ns, device)
-            precision, optimizer, scheduler = datafree_kd.student_training(args, student, device)
-            run = datafree_kd.new_run_totals()
-            measure = evaluation_batches(val_data, args, synthesizer, teacher)
-            logger = distributed.make_logger(run_dir, f"distill-{method}")
-            try:
-                datafree_kd.train(args, run, synthesizer, student, teacher, optimizer, scheduler, precision, measure,
-                                  device, logger)
-                datafree_kd.log_end(logger, task, run, run_dir if output is not None else "temporary")
-            finally:
-                logger.close()
-                if hasattr(synthesizer, "pool"):
-                    synthesizer.pool.close()
+            run = build_run(args, data, device, teacher=teacher, student=student)
+            data.val_loader = evaluation_batches(val_data, args, run.synthesizer, teacher)
+            totals = run.execute(distributed.make_logger(run_dir, f"distill-{method}"))
             history = read_summary(run_dir)["history"]
     finally:
         for p in trainable:
             p.requires_grad_(True)
-    summary = {"method": method, "epochs": args.epochs, "best_acc1": run["best_acc1"], "acc1": history[-1]["acc1"],
+    summary = {"method": method, "epochs": args.epochs, "best_acc1": totals["best_acc1"], "acc1": history[-1]["acc1"],
                "metric": ("top-1 accuracy on val_data" if val_data is not None
                           else "top-1 agreement with the teacher on synthetic batches"),
-               "history": history, "synthesis_seconds": run["synthesis_seconds"], "kd_seconds": run["kd_seconds"],
-               "wall_seconds": run["wall_seconds"], "output": output}
+               "history": history, "synthesis_seconds": totals["synthesis_seconds"], "kd_seconds": totals["kd_seconds"],
+               "wall_seconds": totals["wall_seconds"], "output": output}
     return student.eval(), summary
 
 

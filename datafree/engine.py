@@ -2,24 +2,27 @@
 
 ``train_one_epoch`` and ``evaluate`` know nothing of the command line; ``fit`` is the one
 epoch loop of every entry script: a ``TrainingJob`` trains each epoch (``SupervisedJob``: a
-pass over a loader; datafree_kd.py's: rounds of synthesis and KD steps), and ``fit``
+pass over a loader; ``DataFreeJob``: rounds of synthesis calls and KD steps, ``distill_steps``), and ``fit``
 evaluates, steps the schedule, keeps the best, checkpoints (``last`` every epoch, ``best``
 when improved), records summary.json and logs. What is measured comes from the task object (datafree/tasks.py):
 top-1/top-5 accuracy for classification, mIoU / pixel accuracy / per-class IoU for
 segmentation; ``best_acc1`` in checkpoints holds the task's primary number.
 """
 import contextlib
+import dataclasses
+import os
 import resource
 import time
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
+from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from datafree import distributed
+from datafree import distributed, run_state
 from datafree.checkpoint import RUN_CHECKPOINT_ADVICE, load_checkpoint, put_weights, record_epoch, save_checkpoint
-from datafree.errors import CheckpointError
-from datafree.interrupt import finished_epochs
+from datafree.errors import CheckpointError, NonFiniteError
+from datafree.interrupt import NOTHING_SAVED, ResumeHint, finished_epochs
 from datafree.precision import Precision
 from datafree.tasks import Classification
 from datafree.utils.misc import rng_state, set_rng_state
@@ -321,10 +324,11 @@ def distill_steps(synthesizer, student, teacher, optimizer, precision, steps, st
 
     ``stop()``, if given, is asked after every step; the loop ends early when it says yes.
     Returns a KDSteps; the caller decides whether sampling counts as synthesis time (it does
-    for the generative methods, as in the original). The loop itself never waits for the
-    device: the loss is summed on it and read once at the end, where ``precision``'s
-    non-finite guard also reports a non-finite loss it only recorded on the device
-    (datafree/guard.py).
+    for the generative methods, as in the original). After each step that was taken (not skipped
+    as non-finite), ``synthesizer.after_step`` sees its batch and outputs (SSD-KD updates its
+    buffer there). The loop itself never waits for the device: the loss is summed on it and read
+    once at the end, where ``precision``'s non-finite guard also reports a non-finite loss it only
+    recorded on the device (datafree/guard.py).
     """
     student.train()
     teacher.eval()
@@ -338,10 +342,12 @@ def distill_steps(synthesizer, student, teacher, optimizer, precision, steps, st
         with precision.autocast():
             with torch.no_grad():
                 teacher_logits = teacher(batch.images)
-            loss = synthesizer.kd_loss(batch, student(batch.images), teacher_logits)
+            student_logits = student(batch.images)
+        loss = synthesizer.kd_loss(batch, student_logits, teacher_logits)
         optimizer.zero_grad(set_to_none=True)
         if precision.backward(loss):
             precision.step(optimizer)
+            synthesizer.after_step(batch, student_logits.detach(), teacher_logits)
             loss_sum += loss.detach().float()
             taken += 1
         done += 1
@@ -349,3 +355,211 @@ def distill_steps(synthesizer, student, teacher, optimizer, precision, steps, st
             break
     precision.guard.flush()
     return KDSteps(loss_sum.item(), taken, done, sampling.seconds())
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a data-free epoch is: its plan (the synthesizer's rounds, fixed when the epoch starts), the
+    round, whether the round's synthesis calls are done (and how many), its KD steps done, their summed
+    loss, and the seconds and losses of the epoch so far. A save made mid-epoch (a stop signal) stores it,
+    and the resumed run continues from it."""
+    plan: Optional[list] = None
+    round: int = 0
+    synthesized: bool = False
+    calls_done: int = 0
+    kd_done: int = 0
+    kd_loss_sum: float = 0.0
+    kd_taken: int = 0
+    kd_loss: float = float("nan")
+    seconds: float = 0.0
+    phase: dict = dataclasses.field(default_factory=lambda: {"synthesis": 0.0, "kd": 0.0})
+    losses: dict = dataclasses.field(default_factory=dict)
+    skipped: dict = dataclasses.field(default_factory=dict)
+
+    def state(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state):
+        return None if state is None else cls(**state)
+
+
+@dataclasses.dataclass
+class RunTotals:
+    """The running totals a data-free run checkpoints (at the top level of last.pth) and reports."""
+    epoch: int = 0
+    best_acc1: float = 0.0
+    synthesis_seconds: float = 0.0
+    kd_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    synthesis_calls: int = 0
+    kd_steps: int = 0
+
+    # Totals that checkpoints of older versions lack (resumed as 0).
+    COUNTERS = ("synthesis_calls", "kd_steps")
+
+    def state(self):
+        return dataclasses.asdict(self)
+
+    def restore(self, ckpt):
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, ckpt.get(field.name, 0) if field.name in self.COUNTERS else ckpt[field.name])
+
+
+class DataFreeJob(TrainingJob):
+    """The epoch of a data-free run, for the one epoch loop (``fit``). ``run`` is the DataFreeRun
+    (datafree/run.py: the models, synthesizer, optimiser, precision and totals); its ``kd_student``
+    is the student as trained (DistributedDataParallel under torchrun, compiled with --compile).
+    Each epoch runs the synthesizer's ``epoch_plan``: rounds of synthesis calls, then KD steps (none
+    during warmup); Fast's ``ep_steps // kd_steps`` rounds of one call and ``kd_steps`` steps unless
+    the method plans otherwise. ``progress`` is where a run resumed mid-epoch continues its first epoch.
+
+    ``stop`` (StopSignals) is asked after every synthesis call and KD step: on a signal the job
+    writes last.pth at that point (with the epoch's progress) and raises Interrupted. A
+    non-finite loss (NonFiniteError) is completed with where it happened and what was saved.
+    """
+
+    loss_name = "kd_loss"
+
+    def __init__(self, run, logger, stop=None, resume=None, progress=None):
+        self.run, self.args, self.totals_ = run, run.args, run.totals
+        self.synthesizer, self.logger = run.synthesizer, logger
+        self.stop, self.resume = stop, resume or ResumeHint([], None, None)
+        self.guards = {"kd": run.precision.guard, "synthesis": run.synthesizer.precision.guard}
+        self.progress, self.at, self.images = progress, None, None
+
+    def _stop_signal(self):
+        return self.stop.requested() if self.stop is not None else 0
+
+    def trains(self, epoch):
+        return epoch >= self.args.warmup
+
+    def saved(self):
+        return self.resume.saved
+
+    def interrupted(self, stop, saved):
+        return stop.interrupted(saved, resume=self.resume.command())
+
+    def train_epoch(self, epoch):
+        at = self.progress or Progress()
+        self.progress, self.at = None, at
+        epoch_start = now(self.run.device) - at.seconds
+        for guard in self.guards.values():
+            guard.new_epoch()
+        try:
+            self.images = self.rounds_of(epoch, at, epoch_start)
+            at.skipped = {name: at.skipped.get(name, 0) + guard.end_epoch() for name, guard in self.guards.items()}
+        except NonFiniteError as err:
+            err.context = self.nonfinite_context(epoch, at)
+            raise
+        losses = at.losses
+        skipped = ({f"skipped_{name}_steps": n for name, n in at.skipped.items()}
+                   if self.args.on_nonfinite == "skip" else {})
+        return EpochResult(at.kd_loss, dict(at.phase), resumed_seconds=at.seconds,
+                           scalars={"train/": skipped, "synthesis/": losses}, measured=losses,
+                           log="".join(f" {k}={v:.3f}" for k, v in losses.items())
+                               + "".join(f" {k}={v}" for k, v in skipped.items()))
+
+    def rounds_of(self, epoch, at, epoch_start):
+        """The rounds of ``epoch`` from ``at`` on; returns the images of the last synthesis call
+        (None if this process made none in the epoch). The epoch's plan is fixed when the epoch
+        starts and kept in ``at``, so that a run resumed mid-epoch follows the same plan."""
+        run, args, phase, images = self.run, self.args, at.phase, None
+        stop_check = (lambda: self._stop_signal() != 0) if self.stop is not None else None
+        if at.plan is None:
+            at.plan = [list(r) for r in self.synthesizer.epoch_plan(epoch)]
+        plan = at.plan
+        while at.round < len(plan):
+            number, (calls, steps) = at.round + 1, plan[at.round]
+            if not at.synthesized and at.calls_done == 0:
+                at.kd_loss_sum, at.kd_taken = 0.0, 0
+            while not at.synthesized and at.calls_done < calls:
+                tic = now(run.device)
+                syn_out = self.synthesizer.synthesize()
+                phase["synthesis"] += now(run.device) - tic
+                images = syn_out["images"]
+                self.totals_.synthesis_calls += 1
+                at.calls_done += 1
+                at.losses = {k: float(v) for k, v in syn_out.items() if k.startswith("loss")}
+                at.synthesized = at.calls_done == calls
+                call = "the synthesis call" if calls == 1 else f"synthesis call {at.calls_done} of {calls}"
+                self.maybe_stop(epoch, at, epoch_start, f"{call} of round {number}")
+            at.synthesized = True
+            if epoch >= args.warmup and at.kd_done < steps:
+                tic = now(run.device)
+                kd = distill_steps(self.synthesizer, run.kd_student, run.kd_teacher, run.optimizer, run.precision,
+                                   steps - at.kd_done, stop=stop_check)
+                kd_seconds = now(run.device) - tic
+                moved = kd.sample_seconds if self.synthesizer.sampling_is_synthesis else 0.0
+                phase["synthesis"] += moved
+                phase["kd"] += kd_seconds - moved
+                self.totals_.kd_steps += kd.done
+                at.kd_done += kd.done
+                at.kd_loss_sum += kd.loss_sum
+                at.kd_taken += kd.taken
+                at.kd_loss = at.kd_loss_sum / at.kd_taken if at.kd_taken else float("nan")
+                if at.kd_done < steps:
+                    self.maybe_stop(epoch, at, epoch_start, f"KD step {at.kd_done} of round {number}")
+                elif args.print_freq > 0 and number % args.print_freq == 0:
+                    self.logger.info(f"[Train] epoch={epoch} round={number}/{len(plan)} kd_loss={at.kd_loss:.4f}")
+            at.round, at.synthesized, at.calls_done, at.kd_done = number, False, 0, 0
+            if at.round < len(plan):    # after the last round the epoch's end comes first
+                self.maybe_stop(epoch, at, epoch_start, f"round {number} of {len(plan)}")
+        return images
+
+    def maybe_stop(self, epoch, at, epoch_start, point):
+        """If a stop signal came: save this point of ``epoch`` in last.pth and raise Interrupted."""
+        if not self._stop_signal():
+            return
+        at.seconds = now(self.run.device) - epoch_start
+        at.skipped = {name: at.skipped.get(name, 0) + guard.skipped for name, guard in self.guards.items()}
+        tag = f"round{at.round}-{'s' if at.synthesized else ''}kd{at.kd_done}"
+        self.persist(self.state(progress=at), is_best=False, progress=at, tag=tag)
+        raise self.interrupted(self.stop, f"the run saved epoch {epoch} up to {point} in last.pth")
+
+    def end_epoch(self, epoch, best, epoch_seconds):
+        totals, phase = self.totals_, self.at.phase
+        totals.best_acc1 = best
+        totals.synthesis_seconds += phase["synthesis"]
+        totals.kd_seconds += phase["kd"]
+        totals.epoch = epoch + 1
+        totals.wall_seconds += epoch_seconds
+        if distributed.is_main_process() and self.images is not None:
+            grid = make_grid(self.images[:64].float().cpu(), nrow=8)
+            save_image(grid, os.path.join(self.args.output, "synthetic.png"))
+            self.logger.writer.add_image("synthetic", grid, epoch)
+
+    def checkpoint(self, epochs_done, best):
+        return self.state()
+
+    def state(self, progress=None):
+        """The run's state for last.pth (``progress``: where in the next epoch, for a save mid-epoch)."""
+        run, args = self.run, self.args
+        state = {"state_dict": run.student.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "scheduler": run.scheduler.state_dict(), "precision": run.precision.state_dict(),
+                 "arch": args.student, "num_classes": self.synthesizer.config.num_classes, "dataset": args.dataset,
+                 "teacher": args.teacher, "method": args.method, "args": dict(vars(args)), **self.totals_.state()}
+        if progress is not None:
+            state["progress"] = progress.state()
+        return state
+
+    def persist(self, state, is_best, progress=None, tag=None):
+        best = {k: state[k] for k in ("state_dict", "arch", "num_classes", "dataset", "teacher", "method", "epoch",
+                                      "best_acc1", "args")} if is_best else None
+        run_state.persist(self.synthesizer, self.args.output, self.totals_.epoch, state, is_best, best, tag)
+        self.resume.saved_at(os.path.join(self.args.output, "last.pth"), self.totals_.epoch, progress)
+
+    def totals(self):
+        totals = self.totals_
+        pool = getattr(self.synthesizer, "pool", None)
+        stored = {} if pool is None else {"synthetic_images": sum(distributed.all_gather_ints(len(pool)))}
+        return {"synthesis_seconds": totals.synthesis_seconds, "kd_seconds": totals.kd_seconds,
+                "synthesis_calls": totals.synthesis_calls, "kd_steps": totals.kd_steps, **stored}
+
+    def nonfinite_context(self, epoch, at):
+        advice = "" if self.args.on_nonfinite == "skip" else ", or rerun it with --on_nonfinite skip to skip such steps"
+        again = "start it again with" if self.resume.saved == NOTHING_SAVED else "resume from it with"
+        rounds = len(at.plan or [None])    # the plan is made when the epoch's first round starts
+        return (f" (epoch {epoch}, round {min(at.round + 1, rounds)} of {rounds}); the run stopped before it "
+                f"reached a weight, the pool or a checkpoint, and {self.resume.saved}: {again} {self.resume.command()} "
+                f"(lower learning rates or another --seed may avoid it){advice}")

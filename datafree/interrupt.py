@@ -11,6 +11,7 @@ once (KeyboardInterrupt; last.pth keeps the previous save).
 import os
 import shlex
 import signal
+import sys
 import threading
 
 from datafree import distributed
@@ -87,4 +88,38 @@ def resume_hint(argv, script, resume=True):
             continue
         if not token.startswith("--resume="):
             kept.append(token)
-    return "python " + shlex.join([script, *kept, *(["--resume"] if resume else [])])
+    command = shlex.join([script, *kept, *(["--resume"] if resume else [])])
+    return f"python {command}" if script.endswith(".py") else command
+
+
+NOTHING_SAVED = "no checkpoint was written yet"
+
+
+def describe_progress(progress):
+    """', round R, after ... KD steps of it' for a run saved mid-epoch (``progress``: engine.Progress), else ''."""
+    if not progress:
+        return ""
+    done = "its synthesis call and " if progress.synthesized else ""
+    return f", round {progress.round + 1}, after {done}{progress.kd_done} KD steps of it"
+
+
+# How a data-free run is started: the flat script of a checkout, or the installed command.
+DATAFREE_COMMANDS = ("datafree_kd.py", "datafree-kd")
+
+
+class ResumeHint:
+    """What a stopped run tells the user: how to resume it, and which checkpoint is the last good one."""
+
+    def __init__(self, argv, resume_path, progress):
+        self.argv = argv
+        self.saved = (f"the last good checkpoint is {resume_path} (as resumed{describe_progress(progress)})"
+                      if resume_path else NOTHING_SAVED)
+
+    def command(self):
+        """The command that continues the run (the same one when nothing was saved yet), as it was typed."""
+        script = sys.argv[0] if os.path.basename(sys.argv[0]) in DATAFREE_COMMANDS else DATAFREE_COMMANDS[0]
+        return resume_hint(self.argv, script, resume=self.saved != NOTHING_SAVED)
+
+    def saved_at(self, path, epochs_done, progress=None):
+        point = f"epoch {epochs_done}{describe_progress(progress)}" if progress else finished_epochs(epochs_done)
+        self.saved = f"the last good checkpoint is {path} ({point})"

@@ -215,7 +215,7 @@ def write_embedding(embedding, path):
 
 
 def main(argv=None):
-    import registry
+    from datafree import registry
 
     parser = argparse.ArgumentParser(description="Write a dataset's label embedding to a file.")
     parser.add_argument("--dataset", required=True, choices=registry.dataset_names())

@@ -1,10 +1,9 @@
 """What a task (image classification, semantic segmentation) means to training and synthesis.
 
-The scripts and synthesizers never branch on the task: they ask its object for
+The scripts and synthesizers never branch on the task: they ask its object for (the KD loss, KL at
+temperature T averaged over samples or over every pixel, needs no task: ``criterions.kldiv``)
 
 - ``supervised_loss(logits, targets)``: cross-entropy (with the ignore index for segmentation);
-- ``kd_loss(student_logits, teacher_logits, T)``: KL at temperature T (times T^2), averaged
-  over samples, or over every pixel for segmentation;
 - ``adversarial_loss(student_logits, teacher_logits, weights=None)``: Fast DFKD's L_adv, minus
   the KL on the samples (pixels) where student and teacher agree on the top-1 class;
 - ``inversion_targets(n, device)`` and ``one_hot_loss(teacher_logits, targets, weights=None)``: the "oh" term
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from kornia import augmentation as K
 
 from datafree.augment import Normalizer, crop_flip_normalize, horizontal_flip
-from datafree.criterions import adversarial_kl, cross_entropy, kldiv
+from datafree.criterions import adversarial_kl, cross_entropy
 from datafree.models.generator import DeepGenerator, Generator
 from datafree.utils.registry import Registry
 
@@ -146,9 +145,6 @@ class Task:
 
     def supervised_loss(self, logits, targets):
         return cross_entropy(self.prepare(logits, targets), targets)
-
-    def kd_loss(self, student_logits, teacher_logits, T=1.0):
-        return kldiv(student_logits, teacher_logits, T=T)
 
     def adversarial_loss(self, student_logits, teacher_logits, weights=None):
         """``weights`` (N,): optional per-sample weights (SSD-KD's modulation)."""

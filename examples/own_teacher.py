@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import datafree
-import registry
+from datafree import registry
 from datafree.datasets.digits import DIGITS_MEAN, DIGITS_STD
 
 

@@ -42,7 +42,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-import registry  # noqa: E402
+from datafree import registry  # noqa: E402
 from datafree.checkpoint import atomic_save, load_checkpoint, read_summary  # noqa: E402
 from datafree.pool import read_pool  # noqa: E402
 

@@ -24,12 +24,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import datafree_kd  # noqa: E402
-import registry  # noqa: E402
-from datafree import distributed  # noqa: E402
+from datafree import distributed, registry  # noqa: E402
 from datafree.checkpoint import atomic_write_text  # noqa: E402
+from datafree.commands import kd as datafree_kd  # noqa: E402
+from datafree.engine import now  # noqa: E402
 from datafree.errors import UsageError  # noqa: E402
 from datafree.pool import ShardFile, write_manifest  # noqa: E402
+from datafree.run import dataset_data, frozen_teacher, make_synthesizer, synthesizer_config  # noqa: E402
 from datafree.synthesis import PoolSynthesizer, SYNTHESIZERS  # noqa: E402
 from datafree.utils.cli import default_teacher_ckpt, run_cli  # noqa: E402
 from datafree.utils.misc import select_device, set_seed  # noqa: E402
@@ -65,9 +66,10 @@ def main(argv=None):
     device = distributed.init_distributed(args.gpu, args.dist_backend) or select_device(args.gpu)
     rank, world = distributed.get_rank(), distributed.get_world_size()
     share = mine.images // world + (rank < mine.images % world)
-    data = datafree_kd.load_data(args)
+    data = dataset_data(args, device)
     student = registry.get_model(args.student, data.num_classes, task=data.task).to(device)
-    _, synthesizer, _ = datafree_kd.build_synthesizer(args, data, student, device)
+    synthesizer = make_synthesizer(args, frozen_teacher(args, data, device), student, synthesizer_config(args, data),
+                                   device)
     synthesizer.precision.guard.agree = False   # each process makes its own share, in its own number of calls
     pool = synthesizer.pool
 
@@ -82,10 +84,10 @@ def main(argv=None):
         synthesizer.calls = done["calls"]
     while pool.size < share:
         set_seed(args.seed + 1000 * done["calls"] + rank)   # a continued run draws what it would have drawn
-        tic = datafree_kd.now(device)
+        tic = now(device)
         synthesizer.synthesize()
         pool.sync()
-        seconds = datafree_kd.now(device) - tic
+        seconds = now(device) - tic
         done.update(rows=pool.size, calls=done["calls"] + 1, seconds=done["seconds"] + seconds,
                     shape=list(pool.shape))
         atomic_write_text(json.dumps(done), progress_path)

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import registry  # noqa: E402
+from datafree import registry  # noqa: E402
 from datafree.augment import Normalizer  # noqa: E402
 from datafree.checkpoint import load_checkpoint, load_weights, read_summary  # noqa: E402
 from datafree.errors import UsageError  # noqa: E402

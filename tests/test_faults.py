@@ -17,7 +17,7 @@ import datafree.synthesis.deepinv as deepinv_module
 import datafree.synthesis.fast as fast_module
 import datafree.synthesis.generative as generative_module
 import datafree.synthesis.ssd as ssd_module
-import datafree.tasks as tasks_module
+import datafree.synthesis.base as kd_loss_module   # where BaseSynthesizer.kd_loss finds kldiv
 import datafree_kd
 from conftest import ROOT, pool_images
 from datafree import run_state
@@ -28,6 +28,7 @@ from datafree.guard import NonFiniteGuard
 from datafree.interrupt import StopSignals, resume_hint
 from datafree.pool import PrioritizedPool, quantize
 from datafree.precision import Precision
+from datafree.synthesis.base import KDBatch
 from datafree.synthesis.base import BestBatch
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -47,7 +48,7 @@ METHODS = {
     "dfq": ["--method", "dfq", "--bn", "1", "--oh", "1", "--adv", "1", "--balance", "1", "--lr_g", "1e-3",
             "--g_steps", "1"],
     "ssd": ["--method", "ssd", "--bn", "1", "--oh", "1", "--adv", "1", "--lr_g", "1e-3", "--lr_z", "0.01",
-            "--g_steps", "2", "--ssd_buffer_size", "24", "--ssd_kd_passes", "2"],
+            "--g_steps", "2", "--ssd_buffer_size", "24", "--ssd_kd_passes", "2", "--ssd_kd_batch", "16"],
 }
 ROW = 3 * 32 * 32
 
@@ -128,7 +129,7 @@ def test_a_nan_synthesis_term_stops_before_it_reaches_anything(teacher_file, mon
 
 
 def test_a_nan_kd_loss_stops_and_the_run_resumes_from_the_last_good_checkpoint(teacher_file, monkeypatch, capsys):
-    poison = Poison(monkeypatch, tasks_module, "kldiv")
+    poison = Poison(monkeypatch, kd_loss_module, "kldiv")
     assert cli([*FAST_META, *BASE]) == 3
     err = message(capsys)
     assert "stopped: non-finite KD loss (nan) at KD step 1 of the epoch (epoch 1, round 1 of 2)" in err
@@ -151,11 +152,11 @@ def nan_at_call(monkeypatch, module, name, number):
 
 
 def test_ssd_nan_priorities_are_kept_out_of_the_buffer(teacher_file, monkeypatch):
-    """SSD-KD's KD loss sets priorities before its backward pass: a NaN must neither reach the
-    buffer (torch.multinomial would fail on the next draw) nor the student."""
-    # 3 KD steps an epoch (2 passes over 24 images in batches of 16); calls: KD step 1, the policy's
-    # measure of its progress, KD step 2 (NaN)
-    nan_at_call(monkeypatch, ssd_module, "kldiv_per_sample", 3)
+    """A NaN KD loss of SSD-KD must neither reach the buffer (torch.multinomial would fail on the next
+    draw) nor the student: the skipped step's after_step never runs."""
+    # 3 KD steps an epoch (2 passes over 24 images in batches of 16); calls: KD step 1's loss, its
+    # after_step, the policy's measure of its progress, KD step 2's loss (NaN)
+    nan_at_call(monkeypatch, ssd_module, "kldiv_per_sample", 4)
     result = datafree_kd.main([*METHODS["ssd"], *BASE, "--on_nonfinite", "skip"])
     assert result["epoch"] == 2
     ckpt = load_checkpoint(f"{run_dir('ssd')}/last.pth")
@@ -165,7 +166,7 @@ def test_ssd_nan_priorities_are_kept_out_of_the_buffer(teacher_file, monkeypatch
 
 
 def test_skip_mode_skips_and_counts_the_step(teacher_file, monkeypatch):
-    nan_at_call(monkeypatch, tasks_module, "kldiv", 3)
+    nan_at_call(monkeypatch, kd_loss_module, "kldiv", 3)
     result = datafree_kd.main([*FAST_META, *BASE, "--on_nonfinite", "skip"])
     assert result["epoch"] == 2
     ckpt = load_checkpoint(f"{run_dir('fast_meta')}/last.pth")
@@ -176,7 +177,7 @@ def test_skip_mode_skips_and_counts_the_step(teacher_file, monkeypatch):
 
 
 def test_skip_mode_still_stops_when_every_step_of_an_epoch_is_skipped(teacher_file, monkeypatch, capsys):
-    Poison(monkeypatch, tasks_module, "kldiv")
+    Poison(monkeypatch, kd_loss_module, "kldiv")
     assert cli([*FAST_META, *BASE, "--on_nonfinite", "skip"]) == 3
     err = message(capsys)
     assert "no KD step of the epoch could be taken: every one had a non-finite loss and was skipped" in err
@@ -186,7 +187,7 @@ def test_skip_mode_still_stops_when_every_step_of_an_epoch_is_skipped(teacher_fi
 def test_the_device_side_record_stops_at_the_end_of_the_round(teacher_file, monkeypatch, capsys):
     """What a GPU does: no read per step; the first bad step is found where the round's loss is read."""
     monkeypatch.setattr(NonFiniteGuard, "reads_every_step", property(lambda self: False))
-    poison = Poison(monkeypatch, tasks_module, "kldiv")
+    poison = Poison(monkeypatch, kd_loss_module, "kldiv")
     assert cli([*FAST_META, *BASE]) == 3
     err = message(capsys)
     assert "non-finite KD loss at KD step 1 of the epoch (epoch 1, round 1 of 2)" in err
@@ -248,7 +249,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes_to_the_same_end(teacher_fil
     argv = [*FAST_META, *BASE, "--epochs", "3", "--warmup", "1"]
     datafree_kd.main([*argv, "--output", "full"])
     calls = {"n": 0}
-    real = tasks_module.kldiv
+    real = kd_loss_module.kldiv
 
     def signal_at_fifth_step(*args, **kwargs):
         calls["n"] += 1
@@ -256,9 +257,9 @@ def test_sigterm_finishes_the_step_saves_and_resumes_to_the_same_end(teacher_fil
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tasks_module, "kldiv", signal_at_fifth_step)
+    monkeypatch.setattr(kd_loss_module, "kldiv", signal_at_fifth_step)
     assert cli([*argv, "--output", "stopped"]) == 143
-    monkeypatch.setattr(tasks_module, "kldiv", real)
+    monkeypatch.setattr(kd_loss_module, "kldiv", real)
     captured = capfd.readouterr().err        # the handler writes to the file descriptor itself
     assert "SIGTERM received: stopping after the current step" in captured
     err = [line for line in captured.splitlines() if ": stopped: " in line][0]
@@ -275,9 +276,9 @@ def test_sigterm_finishes_the_step_saves_and_resumes_to_the_same_end(teacher_fil
 
 def ssd_stopped_and_resumed(monkeypatch, stop_when, argv):
     """An SSD-KD run stopped by SIGTERM where ``stop_when(synthesizer)`` first says so (asked after
-    every synthesis call and KD loss), resumed; returns the stopped run's last.pth before the resume."""
+    every synthesis call and KD step), resumed; returns the stopped run's last.pth before the resume."""
     calls = {"sent": False}
-    real_synthesize, real_kd_loss = ssd_module.SSDSynthesizer.synthesize, ssd_module.SSDSynthesizer.kd_loss
+    real_synthesize, real_after_step = ssd_module.SSDSynthesizer.synthesize, ssd_module.SSDSynthesizer.after_step
 
     def check(self):
         if not calls["sent"] and stop_when(self):
@@ -289,16 +290,16 @@ def ssd_stopped_and_resumed(monkeypatch, stop_when, argv):
         check(self)
         return out
 
-    def kd_loss(self, *args):
-        out = real_kd_loss(self, *args)
+    def after_step(self, *args):
+        out = real_after_step(self, *args)
         check(self)
         return out
 
     monkeypatch.setattr(ssd_module.SSDSynthesizer, "synthesize", synthesize)
-    monkeypatch.setattr(ssd_module.SSDSynthesizer, "kd_loss", kd_loss)
+    monkeypatch.setattr(ssd_module.SSDSynthesizer, "after_step", after_step)
     assert cli([*argv, "--output", "stopped"]) == 143
     monkeypatch.setattr(ssd_module.SSDSynthesizer, "synthesize", real_synthesize)
-    monkeypatch.setattr(ssd_module.SSDSynthesizer, "kd_loss", real_kd_loss)
+    monkeypatch.setattr(ssd_module.SSDSynthesizer, "after_step", real_after_step)
     saved = load_checkpoint("stopped/last.pth")
     datafree_kd.main([*argv, "--output", "stopped", "--resume"])
     return saved
@@ -507,10 +508,13 @@ def test_on_a_gpu_the_guard_adds_no_sync_per_step_and_still_stops(teacher_file, 
             self.images = torch.rand(8, 3, 32, 32, device=torch.device("cuda"))
 
         def sample(self):
-            return self.images
+            return KDBatch(self.images)
 
-        def kd_loss(self, student_logits, teacher_logits):
-            return tasks_module.kldiv(student_logits, teacher_logits)
+        def kd_loss(self, batch, student_logits, teacher_logits):
+            return kd_loss_module.kldiv(student_logits, teacher_logits)
+
+        def after_step(self, batch, student_logits, teacher_logits):
+            pass
 
     import registry
     device = torch.device("cuda")
@@ -531,6 +535,6 @@ def test_on_a_gpu_the_guard_adds_no_sync_per_step_and_still_stops(teacher_file, 
 
     syncs(2)                                                   # warm-up
     assert syncs(2) == syncs(8)                                # reads per round, none per step
-    Poison(monkeypatch, tasks_module, "kldiv")
+    Poison(monkeypatch, kd_loss_module, "kldiv")
     assert cli([*FAST_META, *BASE, "--gpu", "0"]) == 3
     assert "non-finite KD loss at KD step 1 of the epoch (epoch 1, round 1 of 2)" in message(capsys)

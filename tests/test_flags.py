@@ -10,6 +10,7 @@ from datafree.errors import UsageError
 from datafree.synthesis import SYNTHESIZERS, BaseSynthesizer, register_synthesizer
 from datafree.synthesis.flags import METHOD_FLAGS, method_flag
 from datafree.utils.cli import parse_with_config
+from datafree.run import registered_data, synthesizer_config
 from test_datafree_kd import TINY
 
 SHARED = ("dataset", "data_root", "download", "workers", "batch_size", "lr", "epochs", "momentum", "weight_decay",
@@ -55,7 +56,7 @@ def test_every_script_reads_a_config_file_that_the_command_line_overrides(tmp_pa
 
 def test_a_synthesis_config_holds_the_methods_flags_and_nothing_else(tmp_path):
     args = datafree_kd.parse_args(["--method", "deepinv", "--dataset", "digits", "--tv", "0.5", "--output", str(tmp_path)])
-    config = datafree_kd.synthesizer_config(args, 10, (3, 32, 32), train_size=100)
+    config = synthesizer_config(args, registered_data(args, (3, 32, 32), train_size=100))
     assert config.tv == 0.5 and config.bn == 0.0 and config.num_classes == 10 and config.warmup == 0
     with pytest.raises(AttributeError, match="has no 'ssd_gamma'"):
         config.ssd_gamma

@@ -136,9 +136,13 @@ def test_ssd_kd_loss_weights_and_refreshes_drawn_priorities():
     # phi over its buffer mean: the weights shift the loss between images, not its scale
     assert torch.allclose(weights, is_weights * phi[index] / phi.mean())
     s_out, t_out = student(images), teacher(images)
+    priorities = synth.pool.priority.clone()
     loss = synth.kd_loss(batch, s_out, t_out)
     per = kldiv_per_sample(s_out, t_out, T=4.0)
     assert loss.item() == pytest.approx((weights * per).mean().item(), rel=1e-6)
+    assert torch.equal(synth.pool.priority, priorities) and synth.steps_done == 0    # kd_loss is pure
+    synth.after_step(batch, s_out.detach(), t_out.detach())                         # a step that was taken
+    assert synth.steps_done == 1
     last = {}                                           # repeated draws: the last one wins
     for i, v in zip(index.tolist(), per.tolist()):
         last[i] = v
@@ -260,7 +264,8 @@ def test_kd_step_refreshes_difficulty_class_and_phi_of_its_draws():
     images, index = batch.images, batch.draw["index"]
     t_out = torch.zeros(len(index), 10)
     t_out[:, 3] = torch.linspace(0.0, 4.0, len(index))       # confidence grows along the batch, class 3
-    synth.kd_loss(batch, student(images), t_out)
+    with torch.no_grad():
+        synth.after_step(batch, student(images), t_out)       # a KD step that was taken
     confidence = torch.softmax(t_out, dim=1).max(dim=1).values
     last = {i: k for k, i in enumerate(index.tolist())}       # a slot drawn twice keeps its last draw
     for i, k in last.items():
@@ -335,6 +340,7 @@ def test_policy_is_rewarded_by_the_students_progress_on_its_draws(reward):
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
+    synth.after_step(batch, s_out.detach(), t_out)
     before = kldiv_per_sample(s_out.detach(), t_out, T=4.0)
     running = {k: v.clone() for k, v in student.state_dict().items() if "running" in k}
     with torch.no_grad():
@@ -441,7 +447,8 @@ def test_a_non_finite_reward_leaves_the_policy_as_it_was():
 def test_the_pending_reward_survives_a_checkpoint():
     synth, teacher, student = filled_synthesizer(ssd_sampling="policy", ssd_policy_lr=0.3)
     batch = synth.sample()
-    synth.kd_loss(batch, student(batch.images), teacher(batch.images).detach())
+    with torch.no_grad():
+        synth.after_step(batch, student(batch.images), teacher(batch.images))
     twin, _, _ = ssd_synthesizer(ssd_sampling="policy", ssd_policy_lr=0.3)
     twin.student.load_state_dict(student.state_dict())
     twin.load_state_dict(synth.state_dict())
@@ -463,3 +470,21 @@ def test_a_floor_keeps_easy_images_in_the_kd_loss():
     assert phi[1].item() == pytest.approx(0.25)
     synth, _, _ = filled_synthesizer(ssd_sampling="uniform", ssd_min_weight=0.5)
     assert synth.buffer_phi().min().item() >= 0.5
+
+
+def test_a_step_skipped_as_non_finite_leaves_the_buffer_as_it_was():
+    """after_step runs only for taken steps: a non-finite KD loss that --on_nonfinite skip skips leaves the
+    priorities, the counters and the policy's pending reward untouched."""
+    from datafree.engine import distill_steps
+    from datafree.precision import Precision
+
+    synth, teacher, student = filled_synthesizer(ssd_sampling="policy")
+    before = {k: getattr(synth.pool, k).clone() for k in ("priority", "difficulty", "label", "touched")}
+    with torch.no_grad():
+        next(student.parameters()).fill_(float("nan"))        # every logit NaN: the loss is NaN
+    precision = Precision("cpu", "fp32", on_nonfinite="skip")
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    steps = distill_steps(synth, student, teacher, optimizer, precision, 2)
+    assert (steps.taken, steps.done) == (0, 2) and precision.guard.skipped == 2
+    assert all(torch.equal(getattr(synth.pool, k), v) for k, v in before.items())
+    assert synth.steps_done == 0 and synth.probe is None

@@ -12,6 +12,7 @@ import torch
 
 from datafree import distributed
 from datafree.datasets.folder import iter_image_batches
+from datafree.criterions import kldiv
 from datafree.errors import NonFiniteError, UsageError
 from datafree.pool import MANIFEST, ImagePool, read_manifest
 from datafree.precision import Precision
@@ -187,9 +188,13 @@ class BaseSynthesizer:
         return [(1, c.kd_steps)] * (c.ep_steps // c.kd_steps)
 
     def kd_loss(self, batch, student_logits, teacher_logits):
-        """The KD objective on ``batch`` (the KDBatch the logits were computed on): the task's KL
-        at temperature T unless a method says otherwise."""
-        return self.task.kd_loss(student_logits, teacher_logits, T=self.config.T)
+        """The KD objective on ``batch`` (the KDBatch the logits were computed on): KL at temperature T
+        unless a method says otherwise. Pure: what a step teaches the synthesizer goes to ``after_step``."""
+        return kldiv(student_logits, teacher_logits, T=self.config.T)
+
+    def after_step(self, batch, student_logits, teacher_logits):
+        """Called after each KD step that was taken (never after one skipped as non-finite), with its
+        batch and its (detached) outputs: where a method learns from its KD steps (SSD-KD's buffer)."""
 
     def state_dict(self):
         """Everything needed to resume (tensors and plain containers only)."""

@@ -378,23 +378,29 @@ class SSDSynthesizer(FastMetaSynthesizer):
                                     "policy": policy_input})
 
     def kd_loss(self, batch, student_logits, teacher_logits):
-        drawn = batch.draw
-        if drawn is None:
+        """The KL of each drawn image, weighed by its importance weight and phi (from ``sample``)."""
+        if batch.draw is None:
             raise ValueError("SSD-KD's kd_loss weighs a batch of its own sample(), which carries the drawn rows")
+        per_sample = kldiv_per_sample(student_logits, teacher_logits, T=self.config.T)
+        return (batch.draw["weights"].to(per_sample.dtype) * per_sample).mean()
+
+    @torch.no_grad()
+    def after_step(self, batch, student_logits, teacher_logits):
+        """The step's own outputs refresh what the buffer knows of the images it drew (priority: their
+        KL; difficulty and class: the teacher's), and its batch is kept for the policy's reward."""
+        drawn = batch.draw
         index = drawn["index"]
-        per_sample = kldiv_per_sample(student_logits.float(), teacher_logits.float(), T=self.config.T)
-        with torch.no_grad():      # the KD step's own outputs refresh what the buffer knows of these images
-            self.pool.update_priorities(index, per_sample.detach())
-            difficulty, predicted = focal_difficulty(teacher_logits, self.config.ssd_gamma)
-            self.pool.difficulty[index] = difficulty
-            self.pool.label[index] = predicted
-            self.pool.touched[index] = self.steps_done
+        per_sample = kldiv_per_sample(student_logits, teacher_logits, T=self.config.T)
+        self.pool.update_priorities(index, per_sample)
+        difficulty, predicted = focal_difficulty(teacher_logits, self.config.ssd_gamma)
+        self.pool.difficulty[index] = difficulty
+        self.pool.label[index] = predicted
+        self.pool.touched[index] = self.steps_done
         if drawn["policy"] is not None:
             self.probe = {"inputs": batch.images, "teacher_logits": teacher_logits.detach(),
-                          "before": per_sample.detach(), "weights": drawn["weights"].detach().float(),
+                          "before": per_sample, "weights": drawn["weights"].detach().float(),
                           "policy": drawn["policy"]}
         self.steps_done += 1
-        return (drawn["weights"].to(per_sample.dtype) * per_sample).mean()
 
     @torch.no_grad()
     def learn_from_last_step(self):

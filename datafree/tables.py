@@ -1,7 +1,8 @@
 """Paper tables from run folders: table specs, the cells they expand to, and the collector.
 
-The code behind scripts/reproduce_table.py, kept beside it: it reads the checkout's configs/tables/
-and runs the entry scripts, so it is no part of the installed datafree package.
+The code behind ``datafree-table`` (scripts/reproduce_table.py in a checkout). A spec's relative
+paths (presets, teacher files, the paper's numbers) are read from its *project folder*: the folder
+above ``configs/tables/`` when the spec lies there (a checkout), else the current folder.
 
 A table spec (YAML, ``configs/tables/*.yaml``) names a dataset, teacher/student pairs, seeds and
 rows. Each row is one script with its flags (``config`` preset and/or ``args``); every
@@ -30,15 +31,17 @@ import yaml
 from datafree.checkpoint import atomic_write_text, read_summary
 from datafree.errors import UsageError
 
-SCRIPTS = ("datafree_kd.py", "train_scratch.py", "vanilla_kd.py")
+# The scripts a row may name, and the command module each one is (run as `python -m` where the project
+# folder has no such file, e.g. with the package installed).
+SCRIPTS = {"datafree_kd.py": "datafree.commands.kd", "train_scratch.py": "datafree.commands.train",
+           "vanilla_kd.py": "datafree.commands.vanilla_kd"}
 # Scripts that distil from a teacher and so take --teacher/--student/--teacher_ckpt.
 TEACHER_SCRIPTS = ("datafree_kd.py", "vanilla_kd.py")
 RUNNER_FILE = "runner.json"
 SPEED_UP_OF = ("synthesis", "wall")
 # Time to accuracy: when a run first reaches this share of its teacher's accuracy.
 REACH_FRACTION = 0.9
-PAPER_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "configs", "tables", "paper_results.yaml")
+PAPER_RESULTS = "paper_results.yaml"     # beside the specs, in configs/tables/
 
 
 @dataclass
@@ -84,6 +87,8 @@ class TableSpec:
     teacher_row: str = "Teacher"  # the row whose accuracy is the teacher's (else teacher_ckpt's best_acc1)
     root: str = None
     description: str = ""
+    project: str = "."            # the folder the spec's relative paths are read from (set by load_spec)
+    paper_results: str = None     # the file of the paper's numbers (set by load_spec)
 
     def cells(self):
         """Every cell of the table, rows in spec order; a per-teacher row once per teacher."""
@@ -117,9 +122,11 @@ class TableSpec:
                              f"use {', '.join('{' + n + '}' for n in names)}") from err
 
     def command(self, cell, python="python", resume=False):
-        """The command line (a list) that runs ``cell``."""
+        """The command line (a list) that runs ``cell`` from the project folder: its script where the folder
+        has it (a checkout), else its command module."""
         row = cell.row
-        cmd = [python, row.script]
+        script = os.path.isfile(os.path.join(self.project, row.script))
+        cmd = [python, row.script] if script else [python, "-m", SCRIPTS[row.script]]
         if row.config:
             cmd += ["--config", self.fill(row.config, cell)]
         flags = {"dataset": self.dataset, "seed": cell.seed, "output": cell.folder}
@@ -142,7 +149,7 @@ def load_spec(path, root=None):
         raise UsageError(f"table spec {path} does not exist; see configs/tables/ for the presets")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
-    known = set(TableSpec.__dataclass_fields__)
+    known = set(TableSpec.__dataclass_fields__) - {"project", "paper_results"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise UsageError(f"{path}: unknown keys {', '.join(unknown)}; a table spec has {', '.join(sorted(known))}")
@@ -169,8 +176,18 @@ def load_spec(path, root=None):
     for reference in [spec.reference_row, *(r.reference_row for r in rows)]:
         if reference and reference not in names:
             raise UsageError(f"{path}: reference_row '{reference}' is not a row of the table")
+    spec.project = project_folder(path)
+    spec.paper_results = os.path.join(os.path.dirname(os.path.abspath(path)), PAPER_RESULTS)
     spec.root = root or spec.root or os.path.join("runs", "tables", spec.name)
     return spec
+
+
+def project_folder(spec_path):
+    """The folder above configs/tables/ when the spec lies there, else the current folder."""
+    folder = os.path.dirname(os.path.abspath(spec_path))
+    if os.path.basename(folder) == "tables" and os.path.basename(os.path.dirname(folder)) == "configs":
+        return os.path.dirname(os.path.dirname(folder))
+    return os.getcwd()
 
 
 # ---- cell state -------------------------------------------------------------------------------
@@ -202,10 +219,13 @@ def write_runner(folder, **record):
 
 # ---- collecting ----------------------------------------------------------------------------------
 
-def load_paper(key, path=PAPER_RESULTS):
+def load_paper(key, path):
     """The paper's table ``key``: {row: {pair: (acc, hours or None)}} and {row: speed-up}."""
     if key is None:
         return {}, {}
+    if not os.path.isfile(path):
+        raise UsageError(f"the spec names the paper's table '{key}', but {path} is missing: keep the spec beside "
+                         f"paper_results.yaml (configs/tables/), or drop its 'paper' key")
     with open(path) as f:
         tables = yaml.safe_load(f)
     if key not in tables:
@@ -295,7 +315,7 @@ def collect(spec):
     Returns a list of dicts, one per (row, pair), plus {row: (our speed-up, paper speed-up)}.
     Accuracies of unfinished cells are never averaged in: a failed run shows as failed.
     """
-    paper, paper_speed = load_paper(spec.paper)
+    paper, paper_speed = load_paper(spec.paper, spec.paper_results)
     results = []
     for row in spec.rows:
         for teacher, student in spec.pairs:
