@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from kornia import augmentation as K
 
 from datafree.augment import horizontal_flip
-from datafree.criterions import adversarial_kl, cross_entropy, info_nce
-from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
+from datafree.criterions import info_nce
+from datafree.hooks import hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator, reinitialize
 
+from . import losses
 from .base import BestBatch, PoolSynthesizer, original_behaviours, register_synthesizer
 from .flags import TERMS, method_flag
 
@@ -100,6 +101,7 @@ def feature_modules(teacher, teacher_name):
 @register_synthesizer("cmi")
 class CMISynthesizer(PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "cr", "cr_T", "lr_g", "g_steps", "cmi_init", "as_original"})
+    loss_terms = ("bn", "oh", "adv", "cr")
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
@@ -113,7 +115,7 @@ class CMISynthesizer(PoolSynthesizer):
             teacher(torch.zeros(1, c.nc, c.img_size, c.img_size, device=device))
         dim = sum(h.features.shape[1] for h in self.feature_hooks)
         self.head = ProjectionHead(dim, HEAD_DIM).to(device).train()
-        self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=c.lr_g)
+        self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=c.lr_g, **self.precision.optimizer_options())
         self.bank = MemoryBank(BANK_SIZE, 2 * dim, device)
         self.local_aug = nn.Sequential(
             K.RandomResizedCrop(size=(c.img_size, c.img_size), scale=(0.25, 1.0)),
@@ -129,12 +131,13 @@ class CMISynthesizer(PoolSynthesizer):
         n = len(local_feat)
         cached = self.bank.draw(NEGATIVES)
         cached_local, cached_global = cached.chunk(2, dim=1)
-        proj = self.head(torch.cat([local_feat, cached_local, global_feat, cached_global]))
+        with self.precision.autocast():
+            proj = self.head(torch.cat([local_feat, cached_local, global_feat, cached_global]))
         proj_local, proj_global = proj.chunk(2, dim=0)
-        losses = info_nce(proj_local, proj_global.detach(), self.config.cr_T)
+        per_query = info_nce(proj_local, proj_global.detach(), self.config.cr_T)
         if len(cached):
-            return losses[:n].mean() + losses[n:].mean()
-        return losses.mean()
+            return per_query[:n].mean() + per_query[n:].mean()
+        return per_query.mean()
 
     def synthesize(self):
         c = self.config
@@ -144,27 +147,30 @@ class CMISynthesizer(PoolSynthesizer):
         reinitialize(self.generator)
         z = torch.randn(self.batch_size, DEFAULT_NZ, device=self.device, requires_grad=True)
         targets = torch.randint(0, c.num_classes, (self.batch_size,), device=self.device).sort().values
-        optimizer = torch.optim.Adam([*self.generator.parameters(), z], lr=c.lr_g, betas=(0.5, 0.999))
+        optimizer = torch.optim.Adam([*self.generator.parameters(), z], lr=c.lr_g, betas=(0.5, 0.999),
+                                     **self.precision.optimizer_options())
 
         best = BestBatch(self.device)
         for _ in range(c.g_steps):
             with self.precision.autocast():
                 images = self.generator(z)
-                global_view, local_view = self.synthesis_aug(images), self.local_aug(images)
-                with hooks_active(self.bn_hooks):
-                    t_out = self.teacher(global_view)
-                global_feat = self.instance_features()
-                terms = {"bn": bn_loss(self.bn_hooks), "oh": cross_entropy(t_out, targets)}
-                if c.adv > 0:
-                    terms["adv"] = adversarial_kl(self.student(global_view), t_out)
-                features = {}
-                if c.cr > 0:  # the original's fast variant runs with --cr 0: no second view at all
+            global_view, local_view = self.synthesis_aug(images), self.local_aug(images)
+            with hooks_active(self.bn_hooks), self.precision.autocast():
+                t_out = self.teacher(global_view)
+            global_feat = self.instance_features()
+            terms = {"bn": losses.bn_statistics(self.bn_hooks), "oh": losses.one_hot(self.task, t_out, targets)}
+            if c.adv > 0:
+                with self.precision.autocast():
+                    s_out = self.student(global_view)
+                terms["adv"] = losses.adversarial(self.task, s_out, t_out)
+            features = {}
+            if c.cr > 0:  # the original's fast variant runs with --cr 0: no second view at all
+                with self.precision.autocast():
                     self.teacher(local_view)
-                    local_feat = self.instance_features()
-                    terms["cr"] = self.contrastive_loss(local_feat, global_feat)
-                    features["features"] = torch.cat([local_feat, global_feat], dim=1)
-                loss = (c.bn * terms["bn"] + c.oh * terms["oh"] + c.adv * terms.get("adv", 0.0)
-                        + c.cr * terms.get("cr", 0.0))
+                local_feat = self.instance_features()
+                terms["cr"] = self.contrastive_loss(local_feat, global_feat)
+                features["features"] = torch.cat([local_feat, global_feat], dim=1)
+            loss = losses.weighted_sum(terms, {"bn": c.bn, "oh": c.oh, "adv": c.adv, "cr": c.cr}, self.loss_terms)
             best.update(loss, images=images, **features, **{f"term_{k}": v for k, v in terms.items()})
             optimizer.zero_grad(set_to_none=True)
             self.head_optimizer.zero_grad(set_to_none=True)

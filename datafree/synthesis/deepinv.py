@@ -16,9 +16,10 @@ term is averaged over pixels (datafree/tasks.py).
 import torch
 
 from datafree.augment import repeat_channels
-from datafree.criterions import jsdiv, l2_prior, total_variation
-from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
+from datafree.criterions import l2_prior, total_variation
+from datafree.hooks import hooks_active, register_bn_hooks
 
+from . import losses
 from .base import BestBatch, PoolSynthesizer, original_behaviours, register_synthesizer
 from .flags import TERMS, method_flag
 
@@ -26,8 +27,7 @@ method_flag("tv", 0.0, "weight of DeepInversion's total-variation prior", group=
 method_flag("l2", 0.0, "weight of DeepInversion's L2 prior", group=TERMS)
 
 JITTER_FRACTION = 1 / 8
-ADV_TEMPERATURE = 3.0
-STUDENT_BN_WEIGHT = 0.001
+STUDENT_BN_WEIGHT = 0.001   # the original's weight of the student's BN statistics (subtracted: its competition)
 
 
 def jitter_and_flip(images, hflip=True):
@@ -45,6 +45,7 @@ def jitter_and_flip(images, hflip=True):
 class DeepInversionSynthesizer(PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "tv", "l2", "lr_g", "g_steps", "cmi_init", "as_original"})
     original_behaviours = frozenset({"flips", "deepinv_best"})
+    loss_terms = ("bn", "oh", "adv", "tv", "l2")
     distributed_ready = True   # no state shared between calls: each rank inverts its own pixels
     tasks = frozenset({"classification", "segmentation"})
 
@@ -66,27 +67,27 @@ class DeepInversionSynthesizer(PoolSynthesizer):
         shape = (self.batch_size, channels, c.img_size, c.img_size)
         pixels = torch.randn(shape, device=self.device, requires_grad=True)
         targets = self.task.inversion_targets(self.batch_size, self.device, sort=True)
-        optimizer = torch.optim.Adam([pixels], lr=c.lr_g, betas=(0.5, 0.99))
+        optimizer = torch.optim.Adam([pixels], lr=c.lr_g, betas=(0.5, 0.99), **self.precision.optimizer_options())
         low = self.normalizer(torch.zeros(1, c.nc, 1, 1, device=self.device))[:, :channels]
         high = self.normalizer(torch.ones(1, c.nc, 1, 1, device=self.device))[:, :channels]
 
         best = BestBatch(self.device)
         with hooks_active(self.teacher_hooks + self.student_hooks):
             for _ in range(c.g_steps):
+                view = repeat_channels(jitter_and_flip(pixels, self.flip), c.nc)
                 with self.precision.autocast():
-                    view = repeat_channels(jitter_and_flip(pixels, self.flip), c.nc)
                     t_out = self.teacher(view)
-                    terms = {"oh": self.task.one_hot_loss(t_out, targets)}
-                    if c.adv > 0:
-                        s_out = self.student(view)
-                        terms["adv"] = -jsdiv(s_out, t_out, T=ADV_TEMPERATURE)
-                        terms["bn"] = bn_loss(self.teacher_hooks) - STUDENT_BN_WEIGHT * bn_loss(self.student_hooks)
-                    else:
-                        terms["bn"] = bn_loss(self.teacher_hooks)
-                    terms["tv"] = total_variation(pixels)
-                    terms["l2"] = l2_prior(pixels)
-                    loss = (c.bn * terms["bn"] + c.oh * terms["oh"] + c.adv * terms.get("adv", 0.0)
-                            + c.tv * terms["tv"] + c.l2 * terms["l2"])
+                    s_out = self.student(view) if c.adv > 0 else None
+                terms = {"oh": losses.one_hot(self.task, t_out, targets)}
+                if s_out is not None:
+                    terms["adv"] = losses.adversarial_js(s_out, t_out)
+                    terms["bn"] = losses.bn_statistics(self.teacher_hooks, self.student_hooks, STUDENT_BN_WEIGHT)
+                else:
+                    terms["bn"] = losses.bn_statistics(self.teacher_hooks)
+                terms["tv"] = total_variation(pixels)
+                terms["l2"] = l2_prior(pixels)
+                loss = losses.weighted_sum(terms, {"bn": c.bn, "oh": c.oh, "adv": c.adv, "tv": c.tv, "l2": c.l2},
+                                           self.loss_terms)
                 best.update(loss, pixels=pixels, **{f"term_{k}": v for k, v in terms.items()})
                 optimizer.zero_grad(set_to_none=True)
                 self.precision.backward(loss, inputs=[pixels], terms=terms)

@@ -19,10 +19,11 @@ import torch
 import torch.nn as nn
 
 from datafree import distributed
-from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
+from datafree.hooks import hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, reset_bn_affine
 
-from .base import BestBatch, PoolSynthesizer, register_synthesizer
+from . import losses
+from .base import BestBatch, PoolSynthesizer, loss_report, register_synthesizer
 from .flags import method_flag
 from .meta import FirstOrderMAML, Reptile
 
@@ -54,8 +55,12 @@ def update_bn_momentum(hooks):
 
 
 class FastInversionLoss:
-    """Fast DFKD's inversion loss, shared by the synthesizers that use it. The host class
-    provides ``config``, ``aug``, ``teacher``, ``student``, ``hooks``, ``task`` and ``calls``."""
+    """Fast DFKD's inversion loss and its inner loop, shared by the synthesizers that use them (fast,
+    fast_meta, fast_meta_imagenet, ssd; NAYER the loss). The host class provides ``config``,
+    ``synthesis_aug``, ``teacher``, ``student``, ``hooks``, ``task``, ``precision``, ``calls`` and, for the
+    inner loop, ``meta`` (None without meta-learning) and ``pool_needs_logits``."""
+
+    pool_needs_logits = False
 
     def sample_weights(self, teacher_logits):
         """Per-sample weights of the one-hot and adversarial terms; None: a plain batch mean."""
@@ -66,18 +71,53 @@ class FastInversionLoss:
         with the warm-up epochs, as the original does."""
         return self.calls >= self.config.warmup
 
+    loss_terms = ("bn", "oh", "adv")
+
     def inversion_loss(self, images, targets):
         """The weighted loss and its terms for one batch of generated images in [0, 1]."""
         c = self.config
         inputs = self.synthesis_aug(images)
-        t_out = self.teacher(inputs)
+        with self.precision.autocast():
+            t_out = self.teacher(inputs)
+            s_out = self.student(inputs) if c.adv > 0 and self.adversarial_on() else None
         self.teacher_logits = t_out.detach()
         weights = self.sample_weights(t_out)
-        terms = {"bn": bn_loss(self.hooks), "oh": self.task.one_hot_loss(t_out, targets, weights)}
-        if c.adv > 0 and self.adversarial_on():
-            terms["adv"] = self.task.adversarial_loss(self.student(inputs), t_out, weights)
-        total = c.bn * terms["bn"] + c.oh * terms["oh"] + c.adv * terms.get("adv", 0.0)
-        return total, terms
+        terms = {"bn": losses.bn_statistics(self.hooks), "oh": losses.one_hot(self.task, t_out, targets, weights)}
+        if s_out is not None:
+            terms["adv"] = losses.adversarial(self.task, s_out, t_out, weights)
+        return losses.weighted_sum(terms, {"bn": c.bn, "oh": c.oh, "adv": c.adv}, self.loss_terms), terms
+
+    def inner_steps(self, fast_generator, z, targets, optimizer, latent=None, keep="best"):
+        """Fast's k = g_steps steps on the fast generator G' and its latent z, on the inversion loss; the
+        meta strategy (``self.meta``, if any) collects its meta-gradient after every backward pass and
+        takes its step at the end (``latent``: the fast copy of a meta-learned latent, as fast_meta_imagenet
+        has). ``keep``: which step's images the call returns, the lowest-loss one ("best") or the last.
+        Returns (images, the teacher's logits of the kept step where ``pool_needs_logits``, loss report)."""
+        best = BestBatch(self.device)
+        with hooks_active(self.hooks):
+            for _ in range(self.config.g_steps):
+                with self.precision.autocast():
+                    images = fast_generator(z)
+                loss, terms = self.inversion_loss(images, targets)
+                if keep == "best":
+                    kept = {"teacher_logits": self.teacher_logits} if self.pool_needs_logits else {}
+                    best.update(loss, images=images, **kept, **{f"term_{k}": v for k, v in terms.items()})
+                optimizer.zero_grad(set_to_none=True)
+                self.precision.backward(loss, inputs=[z, *fast_generator.parameters()], terms=terms)
+                self.precision.unscale(optimizer)
+                # An overflowed float16 step is skipped by the scaler; keep it out of the meta-gradient too.
+                self.precision.drop_overflowed(optimizer)
+                if self.meta is not None:
+                    self.meta.after_inner_backward(fast_generator, latent)
+                self.precision.step(optimizer)
+        self.precision.guard.flush()   # before the call's results reach G, the BN targets or the pool
+        if self.config.bn_mmt > 0:
+            update_bn_momentum(self.hooks)
+        if self.meta is not None:
+            self.meta.finish(fast_generator, latent)
+        if keep == "best":
+            return best.values["images"], best.values.get("teacher_logits"), best.report()
+        return images.detach().float(), None, loss_report(loss, terms)
 
 
 @register_synthesizer("fast")
@@ -85,7 +125,6 @@ class FastSynthesizer(FastInversionLoss, PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "lr_g", "lr_z", "g_steps", "bn_mmt", "cmi_init", "as_original"})
     tasks = frozenset({"classification", "segmentation"})
     meta_learning = False
-    pool_needs_logits = False
 
     def __init__(self, teacher, student, config, device):
         super().__init__(teacher, student, config, device)
@@ -118,30 +157,10 @@ class FastSynthesizer(FastInversionLoss, PoolSynthesizer):
                                       **self.precision.optimizer_options())
         if self.meta is not None:
             self.meta.begin()
-        best = BestBatch(self.device)
-        with hooks_active(self.hooks):
-            for _ in range(c.g_steps):
-                with self.precision.autocast():
-                    images = fast_generator(z)
-                    loss, terms = self.inversion_loss(images, targets)
-                kept = {"teacher_logits": self.teacher_logits} if self.pool_needs_logits else {}
-                best.update(loss, images=images, **kept, **{f"term_{k}": v for k, v in terms.items()})
-                optimizer.zero_grad(set_to_none=True)
-                self.precision.backward(loss, inputs=[z, *fast_generator.parameters()], terms=terms)
-                self.precision.unscale(optimizer)
-                # An overflowed float16 step is skipped by the scaler; keep it out of the meta-gradient too.
-                self.precision.drop_overflowed(optimizer)
-                if self.meta is not None:
-                    self.meta.after_inner_backward(fast_generator)
-                self.precision.step(optimizer)
-        self.precision.guard.flush()   # before the call's results reach G, the BN targets or the pool
-        if c.bn_mmt > 0:
-            update_bn_momentum(self.hooks)
-        if self.meta is not None:
-            self.meta.finish(fast_generator)
+        images, teacher_logits, report = self.inner_steps(fast_generator, z, targets, optimizer)
         self.student.train()
-        self.add_to_pool(best.values["images"], best.values.get("teacher_logits"))
-        return {"images": best.values["images"], **best.report()}
+        self.add_to_pool(images, teacher_logits)
+        return {"images": images, **report}
 
     def add_to_pool(self, images, teacher_logits=None):
         """Store the best step's images; ``teacher_logits`` (when ``pool_needs_logits``) are the

@@ -28,11 +28,11 @@ import torch.nn as nn
 from kornia import augmentation as K
 
 from datafree.augment import horizontal_flip
-from datafree.hooks import hooks_active, register_bn_hooks
+from datafree.hooks import register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, DeepGenerator
 
-from .base import KDBatch, PoolSynthesizer, loss_report, register_synthesizer
-from .fast import FastInversionLoss, update_bn_momentum
+from .base import KDBatch, PoolSynthesizer, register_synthesizer
+from .fast import FastInversionLoss
 from .flags import method_flag
 from .meta import FirstOrderMAML, Reptile
 
@@ -107,25 +107,10 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
                                       {"params": [z], "lr": c.lr_z}], lr=c.lr_g, betas=(0.5, 0.999),
                                       **self.precision.optimizer_options())
         self.meta.begin()
-        with hooks_active(self.hooks):
-            for _ in range(c.g_steps):
-                with self.precision.autocast():
-                    images = fast_generator(z)
-                    loss, terms = self.inversion_loss(images, targets)
-                optimizer.zero_grad(set_to_none=True)
-                self.precision.backward(loss, inputs=[z, *fast_generator.parameters()], terms=terms)
-                self.precision.unscale(optimizer)
-                self.precision.drop_overflowed(optimizer)   # a skipped float16 step stays out of the meta-gradient
-                self.meta.after_inner_backward(fast_generator, z)
-                self.precision.step(optimizer)
-        self.precision.guard.flush()   # before the call's results reach G, z, the BN targets or the pool
-        if c.bn_mmt > 0:
-            update_bn_momentum(self.hooks)
-        self.meta.finish(fast_generator, z)
+        images, _, report = self.inner_steps(fast_generator, z, targets, optimizer, latent=z, keep="last")
         self.student.train()
-        images = images.detach().float()
         self.pool.add(images)
-        return {"images": images, **loss_report(loss, terms)}
+        return {"images": images, **report}
 
     def sample(self):
         with torch.no_grad():

@@ -18,10 +18,11 @@ KD batches are drawn from the generator (no pool), so their sampling counts as s
 import torch
 
 from datafree.augment import Normalizer
-from datafree.criterions import activation, class_balance, cross_entropy, kldiv, l1_logits
-from datafree.hooks import bn_loss, hooks_active, register_bn_hooks
+from datafree.criterions import activation, class_balance, l1_logits
+from datafree.hooks import hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator
 
+from . import losses
 from .base import BaseSynthesizer, KDBatch, loss_report, register_synthesizer
 from .flags import TERMS, method_flag
 
@@ -40,25 +41,27 @@ class GenerativeSynthesizer(BaseSynthesizer):
         c = config
         self.generator = Generator(nz=self.nz, ngf=DEFAULT_NGF, img_size=c.img_size, nc=self.synthesis_channels,
                                    out_channels=c.nc).to(device).train()
-        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=c.lr_g, betas=(0.5, 0.999))
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=c.lr_g, betas=(0.5, 0.999),
+                                          **self.precision.optimizer_options())
         self.normalizer = Normalizer(c.mean, c.std).to(device)
         self.hooks = register_bn_hooks(teacher) if c.bn > 0 else []
 
-    def divergence(self, student_logits, teacher_logits):
-        """What the generator maximises between student and teacher."""
-        return kldiv(student_logits, teacher_logits)
+    loss_terms = ("oh", "act", "balance", "bn", "adv")
+    l1_divergence = False    # DFAD: the generator maximises the L1 distance of the logits, not KL
 
-    def losses(self, inputs):
+    def generator_loss(self, inputs):
         c = self.config
-        t_out, t_feat = self.teacher(inputs, return_features=True)
-        terms = {"oh": cross_entropy(t_out, t_out.argmax(dim=1)), "act": activation(t_feat),
+        with self.precision.autocast():
+            t_out, t_feat = self.teacher(inputs, return_features=True)
+            s_out = self.student(inputs) if c.adv > 0 else None
+        terms = {"oh": losses.one_hot(self.task, t_out, t_out.argmax(dim=1)), "act": activation(t_feat),
                  "balance": class_balance(t_out)}
         if self.hooks:
-            terms["bn"] = bn_loss(self.hooks)
-        if c.adv > 0:
-            terms["adv"] = -self.divergence(self.student(inputs), t_out)
+            terms["bn"] = losses.bn_statistics(self.hooks)
+        if s_out is not None:
+            terms["adv"] = losses.adversarial_divergence(s_out, t_out, l1=self.l1_divergence)
         weights = {"bn": c.bn, "oh": c.oh, "act": c.act, "balance": c.balance, "adv": c.adv}
-        return sum(weights[k] * v for k, v in terms.items()), terms
+        return losses.weighted_sum(terms, weights, self.loss_terms), terms
 
     def synthesize(self):
         self.calls += 1
@@ -69,7 +72,7 @@ class GenerativeSynthesizer(BaseSynthesizer):
                 z = torch.randn(self.batch_size, self.nz, device=self.device)
                 with self.precision.autocast():
                     images = self.generator(z)
-                    loss, terms = self.losses(self.normalizer(images))
+                loss, terms = self.generator_loss(self.normalizer(images))
                 self.optimizer.zero_grad(set_to_none=True)
                 self.precision.backward(loss, inputs=list(self.generator.parameters()), terms=terms)
                 self.precision.step(self.optimizer)
@@ -110,8 +113,7 @@ class DFQSynthesizer(GenerativeSynthesizer):
 
 @register_synthesizer("dfad")
 class DFADSynthesizer(GenerativeSynthesizer):
-    def divergence(self, student_logits, teacher_logits):
-        return l1_logits(student_logits, teacher_logits)
+    l1_divergence = True
 
     def kd_loss(self, batch, student_logits, teacher_logits):
         return l1_logits(student_logits, teacher_logits)

@@ -200,7 +200,7 @@ class NayerSynthesizer(FastInversionLoss, PoolSynthesizer):
             for _ in range(c.g_steps):
                 with self.precision.autocast():
                     images = self.generator(targets, self.noisy_layers)
-                    loss, terms = self.inversion_loss(images, targets)
+                loss, terms = self.inversion_loss(images, targets)
                 best.update(loss, images=images, **{f"term_{k}": v for k, v in terms.items()})
                 optimizer.zero_grad(set_to_none=True)
                 if self.precision.backward(loss, inputs=params, terms=terms):
