@@ -1,8 +1,17 @@
-"""Device-side augmentation and normalisation for synthetic batches."""
+"""Device-side augmentation and normalisation for synthetic batches: the one crop/resize/flip path of
+every task (classification's padded crop, the random resized crops of segmentation, of CMI's local view
+and of the ImageNet variant).
+
+Every random parameter is drawn on the images' device and the crops are one gather or one sampling
+grid per batch, so a step never waits for the host. kornia's augmentations, which the original release
+uses, draw their parameters into host lists: a host sync per call on a GPU (counted in tests/test_sync.py:
+its RandomResizedCrop reads one list per call, its RandomCrop three).
+"""
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from kornia import augmentation as K
 
 
 class Normalizer(nn.Module):
@@ -36,9 +45,8 @@ class RandomCropFlip(nn.Module):
     with probability 1/2 if ``hflip`` (the dataset's declaration that flips keep the class):
     torchvision's / kornia's RandomCrop(size, padding) [+ RandomHorizontalFlip].
 
-    Every draw is made on the images' device and the crop is one gather, so a batch never waits
-    for the host (kornia draws its parameters on the CPU and copies them over, a host sync per
-    call on a GPU). Differentiable: gradients reach the uncropped pixels.
+    Every draw is made on the images' device and the crop is one gather. Differentiable: gradients
+    reach the uncropped pixels.
     """
 
     def __init__(self, size, padding=4, hflip=True):
@@ -73,10 +81,49 @@ class RandomCropFlip(nn.Module):
         return self.crop(images, *self.draw(images.shape[0], *images.shape[-2:], images.device))
 
 
-def horizontal_flip(hflip=True):
-    """For kornia pipelines: a random horizontal flip (p = 0.5) where flips keep the class (``hflip``),
-    else the identity."""
-    return K.RandomHorizontalFlip() if hflip else nn.Identity()
+class RandomResizedCropFlip(nn.Module):
+    """A random crop covering a share ``scale`` of the image's area with aspect ratio in ``ratio``
+    (log-uniform), resized to ``size`` (bilinear), mirrored left-right with probability 1/2 if ``hflip``:
+    torchvision's / kornia's RandomResizedCrop [+ RandomHorizontalFlip].
+
+    Where a draw does not fit the image, its sides are cut to the image's (torchvision retries ten draws,
+    then takes a centre crop: a host loop). All draws are made on the images' device and the whole batch
+    is one affine sampling grid. Differentiable: gradients reach the source pixels.
+    """
+
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=True):
+        super().__init__()
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.scale, self.log_ratio, self.hflip = scale, (math.log(ratio[0]), math.log(ratio[1])), hflip
+
+    def draw(self, n, height, width, device):
+        """Per image: the crop's centre and sides as shares of the image's width and height, and whether to flip."""
+        area = torch.empty(n, device=device).uniform_(*self.scale)
+        aspect = torch.empty(n, device=device).uniform_(*self.log_ratio).exp()       # width / height of the crop
+        w = (area * aspect * height / width).sqrt().clamp(max=1.0)
+        h = (area / aspect * width / height).sqrt().clamp(max=1.0)
+        cx = w / 2 + torch.rand(n, device=device) * (1 - w)
+        cy = h / 2 + torch.rand(n, device=device) * (1 - h)
+        flip = torch.rand(n, device=device) < 0.5
+        return cx, cy, w, h, flip & self.hflip
+
+    def crop(self, images, cx, cy, w, h, flip):
+        n = images.shape[0]
+        theta = torch.zeros(n, 2, 3, device=images.device, dtype=torch.float32)
+        theta[:, 0, 0] = torch.where(flip, -w, w)     # a mirrored crop samples its columns right to left
+        theta[:, 0, 2] = 2 * cx - 1
+        theta[:, 1, 1] = h
+        theta[:, 1, 2] = 2 * cy - 1
+        grid = F.affine_grid(theta, (n, images.shape[1], *self.size), align_corners=False)
+        return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def forward(self, images):
+        return self.crop(images, *self.draw(images.shape[0], *images.shape[-2:], images.device))
+
+
+def resized_crop_flip_normalize(size, scale, mean, std, hflip=True):
+    """A random resized crop (share ``scale`` of the area) and a horizontal flip if ``hflip``, then normalisation."""
+    return nn.Sequential(RandomResizedCropFlip(size, scale, hflip=hflip), Normalizer(mean, std))
 
 
 def crop_flip_normalize(img_size, mean, std, padding=4, hflip=True):

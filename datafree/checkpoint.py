@@ -159,7 +159,8 @@ def record_epoch(run_dir, *, epoch, epochs, acc1, epoch_seconds, epoch_cpu_secon
     ``cpu_seconds`` the process's CPU seconds (``epoch_cpu_seconds``, every thread); ``totals``
     are other running totals (e.g. ``synthesis_seconds``) stored as given; ``info`` holds
     static facts of the run (script, arch, args); ``measured`` holds figures of this epoch alone
-    (e.g. ``persist_seconds``), kept in its history entry. Epochs at or after ``epoch`` recorded
+    (e.g. ``persist_seconds``), kept in its history entry; None (not measured) is stored as null. Epochs at
+    or after ``epoch`` recorded
     by an interrupted attempt are replaced.
     """
     summary = read_summary(run_dir) or {}
@@ -167,7 +168,7 @@ def record_epoch(run_dir, *, epoch, epochs, acc1, epoch_seconds, epoch_cpu_secon
     wall = (history[-1]["wall_seconds"] if history else 0.0) + epoch_seconds
     cpu = (history[-1].get("cpu_seconds", 0.0) if history else 0.0) + epoch_cpu_seconds
     history.append({"epoch": epoch, "acc1": float(acc1), "wall_seconds": wall, "cpu_seconds": cpu,
-                    **{k: float(v) for k, v in {**totals, **(measured or {})}.items()}})
+                    **{k: None if v is None else float(v) for k, v in {**totals, **(measured or {})}.items()}})
     summary.update(info or {})
     summary.update(totals)
     summary.update(epoch=epoch + 1, epochs=epochs, finished=epoch + 1 >= epochs, wall_seconds=wall, cpu_seconds=cpu,

@@ -107,12 +107,13 @@ def restore_training(ckpt, path, model, arch, optimizer, scheduler):
 class EpochResult(NamedTuple):
     """What a job's ``train_epoch`` reports to ``fit``.
 
-    ``loss``: the epoch's mean training loss, logged as the job's ``loss_name``; ``phase``:
+    ``loss``: the epoch's mean training loss, logged as the job's ``loss_name`` (None when no step was
+    taken, a data-free warm-up epoch: logged as ``none``, never as a number); ``phase``:
     seconds per part of the epoch (``train``, or ``synthesis`` and ``kd``); ``resumed_seconds``:
     what the epoch had run before a resume mid-epoch; ``scalars``: more TensorBoard scalars by
     prefix (``{"synthesis/": {...}}``); ``measured``: more figures for summary.json's history
     entry; ``log``: more text for the epoch's log line."""
-    loss: float
+    loss: Optional[float]
     phase: dict
     resumed_seconds: float = 0.0
     scalars: dict = {}
@@ -194,8 +195,8 @@ def fit(job, model, optimizer, scheduler, val_loader, device, *, epochs, run_dir
         is_best = score > best_acc1
         best_acc1 = max(best_acc1, score)
         logger.scalars(task.scalars(stats), epoch, "val/")
-        logger.scalars({job.loss_name: result.loss, "lr": lr, **{f"{k}_seconds": v for k, v in phase.items()}},
-                       epoch, "train/")
+        measured_loss = {} if result.loss is None else {job.loss_name: result.loss}
+        logger.scalars({**measured_loss, "lr": lr, **{f"{k}_seconds": v for k, v in phase.items()}}, epoch, "train/")
         for prefix, values in result.scalars.items():
             logger.scalars(values, epoch, prefix)
         epoch_seconds = now(device) - tic + result.resumed_seconds
@@ -213,7 +214,7 @@ def fit(job, model, optimizer, scheduler, val_loader, device, *, epochs, run_dir
                                                       "persist_seconds": phase["persist"],
                                                       "peak_rss_mb": peak_rss_mb()}, **totals)
         logger.info(f"[Eval] epoch={epoch} {task.describe(stats)} best={best_acc1:.2f} lr={lr:.4g} "
-                    f"{job.loss_name}={result.loss:.4f}{result.log} | seconds: "
+                    f"{job.loss_name}={'none' if result.loss is None else f'{result.loss:.4f}'}{result.log} | seconds: "
                     + " ".join(f"{k}={v:.2f}" for k, v in phase.items()))
         if stop is not None and epoch + 1 < epochs and stop.requested():
             raise job.interrupted(stop, f"the run saved its {finished_epochs(epoch + 1)} in last.pth")
@@ -370,7 +371,7 @@ class Progress:
     kd_done: int = 0
     kd_loss_sum: float = 0.0
     kd_taken: int = 0
-    kd_loss: float = float("nan")
+    kd_loss: Optional[float] = None     # None until a KD step of the round was taken
     seconds: float = 0.0
     phase: dict = dataclasses.field(default_factory=lambda: {"synthesis": 0.0, "kd": 0.0})
     losses: dict = dataclasses.field(default_factory=dict)
@@ -497,11 +498,12 @@ class DataFreeJob(TrainingJob):
                 at.kd_done += kd.done
                 at.kd_loss_sum += kd.loss_sum
                 at.kd_taken += kd.taken
-                at.kd_loss = at.kd_loss_sum / at.kd_taken if at.kd_taken else float("nan")
+                at.kd_loss = at.kd_loss_sum / at.kd_taken if at.kd_taken else None
                 if at.kd_done < steps:
                     self.maybe_stop(epoch, at, epoch_start, f"KD step {at.kd_done} of round {number}")
                 elif args.print_freq > 0 and number % args.print_freq == 0:
-                    self.logger.info(f"[Train] epoch={epoch} round={number}/{len(plan)} kd_loss={at.kd_loss:.4f}")
+                    loss = "none" if at.kd_loss is None else f"{at.kd_loss:.4f}"
+                    self.logger.info(f"[Train] epoch={epoch} round={number}/{len(plan)} kd_loss={loss}")
             at.round, at.synthesized, at.calls_done, at.kd_done = number, False, 0, 0
             if at.round < len(plan):    # after the last round the epoch's end comes first
                 self.maybe_stop(epoch, at, epoch_start, f"round {number} of {len(plan)}")

@@ -21,11 +21,8 @@ A dataset is registered with its task (``registry.register_dataset(..., task='se
 ignore_index=255)``) and ``registry.get_task(dataset)`` builds the object.
 """
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from kornia import augmentation as K
-
-from datafree.augment import Normalizer, crop_flip_normalize, horizontal_flip
+from datafree.augment import crop_flip_normalize, resized_crop_flip_normalize
 from datafree.criterions import adversarial_kl, cross_entropy
 from datafree.models.generator import DeepGenerator, Generator
 from datafree.utils.registry import Registry
@@ -230,11 +227,7 @@ class Segmentation(Task):
         return cross_entropy(teacher_logits, own, weights, ignore_index=self.ignore_index)
 
     def synthesis_augmentation(self, img_size, mean, std, hflip=None):
-        return nn.Sequential(
-            K.RandomResizedCrop(size=(img_size, img_size), scale=self.CROP_SCALE),
-            horizontal_flip(self.hflip if hflip is None else hflip),
-            Normalizer(mean, std),
-        )
+        return resized_crop_flip_normalize(img_size, self.CROP_SCALE, mean, std, self.hflip if hflip is None else hflip)
 
     def make_generator(self, nz, ngf, img_size, nc, out_channels=None):
         """Fully convolutional, from a spatial latent (nz x img_size/16 x img_size/16): scales to 128-256 px."""

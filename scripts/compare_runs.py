@@ -11,6 +11,7 @@ the students' weights in last.pth are bit-identical; it prints one line per case
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -55,7 +56,9 @@ def numbers(folder):
     with open(os.path.join(folder, "summary.json")) as f:
         history = json.load(f)["history"]
     keep = lambda k: k == "acc1" or k.startswith("loss") or k in ("kd_loss", "train_loss")   # noqa: E731
-    return [{k: round(v, DECIMALS) for k, v in h.items() if keep(k)} for h in history]
+    # an unmeasured value (no KD step in a warm-up epoch: None, or NaN in older runs) equals itself here
+    return [{k: "none" if v is None or math.isnan(v) else round(v, DECIMALS) for k, v in h.items() if keep(k)}
+            for h in history]
 
 
 def weights(folder):

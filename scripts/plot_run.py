@@ -40,7 +40,7 @@ def plot_curves(summary, path):
     axes[0].set(xlabel="epoch", ylabel="test score (%)", title=f"best {summary['best_acc1']:.2f}")
     axes[0].grid(alpha=0.3)
     for term in terms:
-        values = [h.get(term, float("nan")) for h in history]
+        values = [float("nan") if h.get(term) is None else h[term] for h in history]   # None: not measured
         if any(v == v for v in values):
             axes[1].plot(epochs, values, marker=".", label=term)
     axes[1].set(xlabel="epoch", ylabel="loss", title="losses")

@@ -29,7 +29,9 @@ def test_distill_without_data_measures_agreement_with_the_teacher(tmp_path):
     assert trained is student
     assert summary["metric"] == "top-1 agreement with the teacher on synthetic batches"
     assert [h["epoch"] for h in summary["history"]] == [0, 1]
-    assert all(0.0 <= h["acc1"] <= 100.0 and h["kd_loss"] > 0 for h in summary["history"])
+    assert all(h["kd_loss"] > 0 for h in summary["history"])
+    # agreement on four synthetic batches of 8 images: a whole number of the 32 images, in %
+    assert all(round(h["acc1"] * 32 / 100, 4).is_integer() for h in summary["history"])
     assert summary["best_acc1"] == max(h["acc1"] for h in summary["history"])
     assert summary["synthesis_seconds"] > 0 and summary["kd_seconds"] > 0 and summary["epochs"] == 2
     assert any(not torch.equal(a, b) for a, b in zip(student_before, student.parameters()))
@@ -98,5 +100,5 @@ def test_only_methods_that_read_teacher_features_need_return_features():
 
 def test_own_teacher_example_runs():
     teacher_acc, summary = own_teacher.main(["--teacher_epochs", "1", "--epochs", "1"])
-    assert 0.0 < teacher_acc <= 100.0
+    assert teacher_acc > 25.0      # one seeded epoch on the digits (36.5%) already beats chance (10%)
     assert summary["metric"] == "top-1 accuracy on val_data" and len(summary["history"]) == 1

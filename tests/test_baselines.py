@@ -54,9 +54,12 @@ def test_class_balance_of_a_class_no_sample_predicts_is_finite():
     assert value.item() == pytest.approx(math.log(0.5), rel=1e-6)
     value.backward()
     assert torch.isfinite(saturated.grad).all()
-    ordinary = torch.randn(16, 10, generator=torch.Generator().manual_seed(0))     # no clamping: the plain formula
-    mean_prob = F.softmax(ordinary, dim=1).mean(dim=0)
-    assert torch.equal(class_balance(ordinary), (mean_prob * mean_prob.log()).sum())
+    # by hand: logits ln(1), ln(3) and ln(3), ln(1) give probabilities (1/4, 3/4) and (3/4, 1/4): mean (1/2, 1/2),
+    # so p log p sums to log(1/2); (1, 0) and (1, 0) of equal logits give (1/2, 1/2) too
+    unbalanced = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0], [0.0, 0.0]])
+    assert class_balance(unbalanced).item() == pytest.approx(math.log(0.5), rel=1e-6)
+    skewed = torch.tensor([[0.0, math.log(3.0)]])                 # (1/4, 3/4): 1/4 ln 1/4 + 3/4 ln 3/4
+    assert class_balance(skewed).item() == pytest.approx(0.25 * math.log(0.25) + 0.75 * math.log(0.75), rel=1e-6)
 
 
 def test_info_nce_with_a_known_bank():

@@ -23,3 +23,15 @@ def test_pool_scale_reports_persist_time_memory_and_checkpoint_size(tmp_path):
     assert float(summary.group(3)) < 1.05        # last.pth does not hold the pool
     rows = [line for line in lines if re.match(r"\s+\d", line)]
     assert [int(r.split("|")[0].replace(",", "")) for r in rows] == [16, 64]
+
+
+def test_pool_storage_times_both_storages_at_both_sizes():
+    lines = run_benchmark("pool_storage.py", "--draws", "2", "--pool_share", "0.02")
+    summary = re.fullmatch(r"pool_storage: disk/memory ms per batch = ([\d.]+) \(32x32\), ([\d.]+) \(224x224\)",
+                           lines[-1])
+    assert summary, lines[-1]
+    rows = [line.split("|") for line in lines if line.startswith(("digits", "ImageNet"))]
+    assert [int(r[2]) for r in rows] == [1000, 100]          # 2% of 50,000 and of 4,000 (at least one batch)
+    for row, ratio in zip(rows, summary.groups()):
+        memory, disk = float(row[4]), float(row[5])
+        assert memory > 0 and disk > 0 and abs(disk / memory - float(ratio)) < 0.01 + 0.01 * float(ratio)

@@ -2,7 +2,6 @@
 
 Each fault must end in one sentence and its exit status, with nothing the user had lost or
 overwritten; runs are tiny digits jobs, run in this process through run_cli."""
-import errno
 import os
 import shutil
 import signal
@@ -19,14 +18,15 @@ import datafree.synthesis.generative as generative_module
 import datafree.synthesis.ssd as ssd_module
 import datafree.synthesis.base as kd_loss_module   # where BaseSynthesizer.kd_loss finds kldiv
 import datafree_kd
-from conftest import ROOT, pool_images
+from conftest import ROOT
 from datafree import run_state
 from datafree.checkpoint import (atomic_save, load_checkpoint, read_summary, remove_stale_temporaries,
                                  save_checkpoint)
 from datafree.errors import CheckpointError, DiskFullError, NonFiniteError, UsageError
 from datafree.guard import NonFiniteGuard
 from datafree.interrupt import StopSignals, resume_hint
-from datafree.pool import PrioritizedPool, quantize
+from datafree.pool import quantize
+from datafree.synthesis.ssd_buffer import PrioritizedPool
 from datafree.precision import Precision
 from datafree.synthesis.base import KDBatch
 from datafree.synthesis.base import BestBatch

@@ -13,7 +13,8 @@ import datafree_kd
 import registry
 from conftest import ROOT, pool_images
 from datafree.errors import CheckpointError, DatasetNotFoundError
-from datafree.pool import ImagePool, PrioritizedPool, ShardFile, read_manifest, read_pool, write_manifest
+from datafree.pool import ImagePool, ShardFile, read_manifest, read_pool, write_manifest
+from datafree.synthesis.ssd_buffer import PrioritizedPool
 
 SHAPE = (3, 4, 4)
 

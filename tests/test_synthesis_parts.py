@@ -212,3 +212,36 @@ def test_adversarial_term_pushes_towards_disagreement():
         x2 = x - 0.05 * x.grad
         after = (kldiv_per_sample(student_net(x2), teacher_net(x2)) * mask).sum().item()
     assert after > before
+
+
+def test_random_resized_crop_by_hand():
+    from datafree.augment import RandomResizedCropFlip
+    images = torch.arange(2 * 64, dtype=torch.float32).view(2, 1, 8, 8)
+    crop = RandomResizedCropFlip(4, scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    half, centre = torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])
+    # a crop of half the width and height, centred: output pixels sit on the centres of pixels 2..5
+    out = crop.crop(images, centre, centre, half, half, torch.tensor([False, True]))
+    assert torch.allclose(out[0], images[0, :, 2:6, 2:6], atol=1e-4)
+    assert torch.allclose(out[1], images[1, :, 2:6, 2:6].flip(-1), atol=1e-4)       # the second one mirrored
+    # the top-left quarter
+    out = crop.crop(images, torch.tensor([0.25, 0.25]), torch.tensor([0.25, 0.25]), half, half,
+                    torch.tensor([False, False]))
+    assert torch.allclose(out[:, :, :, :], images[:, :, 0:4, 0:4], atol=1e-4)
+    whole = RandomResizedCropFlip(8, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False)
+    assert torch.allclose(whole(images), images, atol=1e-4)
+
+
+def test_random_resized_crop_draws_within_bounds_on_the_device_and_keeps_gradients():
+    from datafree.augment import RandomResizedCropFlip
+    torch.manual_seed(0)
+    crop = RandomResizedCropFlip(16, scale=(0.25, 1.0), ratio=(0.5, 2.0), hflip=False)
+    cx, cy, w, h, flip = crop.draw(2000, 32, 32, torch.device("cpu"))
+    assert not flip.any() and (w <= 1).all() and (h <= 1).all()
+    assert (cx - w / 2 >= -1e-6).all() and (cx + w / 2 <= 1 + 1e-6).all() and (cy + h / 2 <= 1 + 1e-6).all()
+    area = w * h
+    assert area.min() >= 0.25 * 0.5 and area.max() <= 1.0 + 1e-6     # sides cut to the image shrink some crops
+    assert 0.55 < area.mean() < 0.65                                  # about the mean of U(0.25, 1)
+    assert 0.4 < RandomResizedCropFlip(16).draw(2000, 32, 32, torch.device("cpu"))[4].float().mean() < 0.6
+    images = torch.rand(4, 3, 32, 32, requires_grad=True)
+    crop(images).sum().backward()
+    assert images.grad.abs().sum() > 0

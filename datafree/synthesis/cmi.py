@@ -19,9 +19,8 @@ The best batch goes to the pool and its (local, global) features to the bank.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from kornia import augmentation as K
 
-from datafree.augment import horizontal_flip
+from datafree.augment import RandomResizedCropFlip
 from datafree.criterions import info_nce
 from datafree.hooks import hooks_active, register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, Generator, reinitialize
@@ -32,6 +31,8 @@ from .flags import TERMS, method_flag
 
 method_flag("cr", 1.0, "weight of CMI's contrastive term", group=TERMS)
 method_flag("cr_T", 0.5, "temperature of CMI's contrastive term", group=TERMS)
+
+LOCAL_CROP_SCALE = (0.25, 1.0)   # the local view: a random resized crop of a quarter to all of the image
 
 BANK_SIZE = 40960
 NEGATIVES = 4096
@@ -118,8 +119,8 @@ class CMISynthesizer(PoolSynthesizer):
         self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=c.lr_g, **self.precision.optimizer_options())
         self.bank = MemoryBank(BANK_SIZE, 2 * dim, device)
         self.local_aug = nn.Sequential(
-            K.RandomResizedCrop(size=(c.img_size, c.img_size), scale=(0.25, 1.0)),
-            horizontal_flip(self.task.hflip or "flips" in original_behaviours(c.as_original)),
+            RandomResizedCropFlip(c.img_size, LOCAL_CROP_SCALE,
+                                  hflip=self.task.hflip or "flips" in original_behaviours(c.as_original)),
             self.aug[-1],
         )
 

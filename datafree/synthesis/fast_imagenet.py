@@ -24,10 +24,8 @@ Under torchrun each rank owns its share of the synthesis batch: its own z, targe
 G's meta-gradient is averaged over the ranks (meta.py), so G stays the same everywhere.
 """
 import torch
-import torch.nn as nn
-from kornia import augmentation as K
 
-from datafree.augment import horizontal_flip
+from datafree.augment import resized_crop_flip_normalize
 from datafree.hooks import register_bn_hooks
 from datafree.models.generator import DEFAULT_NGF, DEFAULT_NZ, DeepGenerator
 
@@ -48,11 +46,6 @@ KD_CROP_SCALE = (0.08, 1.0)
 REPTILE_SCALE = 1.0
 
 
-def resized_crop_flip_normalize(img_size, scale, normalizer, hflip=True):
-    return nn.Sequential(K.RandomResizedCrop(size=(img_size, img_size), scale=scale),
-                         horizontal_flip(hflip), normalizer)
-
-
 @register_synthesizer("fast_meta_imagenet")
 class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
     flags = frozenset({"adv", "bn", "oh", "lr_g", "lr_z", "lr_g_meta", "lr_z_meta", "g_steps", "bn_mmt",
@@ -65,9 +58,8 @@ class FastMetaImageNetSynthesizer(FastInversionLoss, PoolSynthesizer):
         c = config
         if c.img_size % 16:
             raise ValueError(f"fast_meta_imagenet needs an image size divisible by 16, not {c.img_size}")
-        normalizer = self.aug[-1]
-        self.kd_aug = resized_crop_flip_normalize(c.img_size, KD_CROP_SCALE, normalizer, self.task.hflip).to(device)
-        self.aug = self.synthesis_aug = resized_crop_flip_normalize(c.img_size, SYNTHESIS_CROP_SCALE, normalizer,
+        self.kd_aug = resized_crop_flip_normalize(c.img_size, KD_CROP_SCALE, c.mean, c.std, self.task.hflip).to(device)
+        self.aug = self.synthesis_aug = resized_crop_flip_normalize(c.img_size, SYNTHESIS_CROP_SCALE, c.mean, c.std,
                                                                     self.task.hflip).to(device)
         self.generator = DeepGenerator(nz=DEFAULT_NZ, ngf=DEFAULT_NGF, img_size=c.img_size, nc=self.synthesis_channels,
                                        out_channels=c.nc).to(device)

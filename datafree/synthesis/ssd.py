@@ -2,8 +2,9 @@
 the paper's description: its authors released no code.
 
 Synthesis is fast_meta's (a meta-learned generator, k steps per batch), but the synthetic set
-is a small fixed-size replay buffer (``PrioritizedPool``; by default 10% of the real training
-set's size), and the run's work follows the buffer, not the training set:
+is a small fixed-size replay buffer (``PrioritizedPool``, ssd_buffer.py; by default 10% of the real
+training set's size, or of the images Fast would keep where that is fewer), and the run's work follows
+the buffer, not the training set:
 
 - the first calls fill the buffer; from then on a synthesis call only refreshes it, with as
   many new images as it replaces (``--ssd_replace`` of the buffer, at most one batch), once per
@@ -20,14 +21,15 @@ set's size), and the run's work follows the buffer, not the training set:
   its own teacher and student outputs; the diversity follows the buffer's current class counts;
 - KD batches are drawn by priority sampling with importance-sampling weights (exponent beta,
   rising linearly to 1 over the KD steps) that correct the bias of the draws. The sampling
-  distribution is a learned policy (``SamplingPolicy``, the paper's reinforcement learning):
-  a softmax over features of each stored image that starts as prioritised replay and is
-  updated by REINFORCE, the reward of a draw being the student's progress on that image (its
-  KL before the KD step minus after it, measured on the same augmented view).
+  distribution can be a learned policy (``SamplingPolicy``, ssd_policy.py, the paper's reinforcement
+  learning): a softmax over features of each stored image, updated by REINFORCE, the reward of a draw
+  being the student's progress on that image per unit of its KD weight (its KL before the KD step minus
+  after it, measured on the same augmented view).
 
-``sample()`` returns the drawn buffer rows and their weights with the images (a KDBatch), and
-``kd_loss`` weighs the batch it is given. Every choice beyond the paper is a flag; docs/ssd_kd.md says, line by line, what is
-the paper's and what is ours.
+``sample()`` returns the drawn buffer rows and their weights with the images (a KDBatch); ``kd_loss``
+weighs the batch it is given and changes nothing; ``after_step`` (called only for a KD step that was
+taken) refreshes the buffer from the step's outputs. Every choice beyond the paper is a flag;
+docs/ssd_kd.md says, line by line, what is the paper's and what is ours.
 """
 import contextlib
 import math
@@ -38,11 +40,12 @@ import torch.nn.functional as F
 from datafree import distributed
 from datafree.criterions import kldiv_per_sample
 from datafree.errors import UsageError
-from datafree.pool import REPLACE_RULES, PrioritizedPool
 
 from .base import KDBatch, pool_options, register_synthesizer
 from .fast import FastMetaSynthesizer
 from .flags import method_flag
+from .ssd_buffer import REPLACE_RULES, PrioritizedPool
+from .ssd_policy import SamplingPolicy, draw_rewards, importance_beta
 
 BUFFER_SHARE = 0.1   # the paper's buffer: 10% of the original training set
 KD_BATCH_DIVISOR = 4   # default KD batch: a quarter of --batch_size (what makes SSD-KD's KD cheaper than Fast's)
@@ -88,7 +91,6 @@ method_flag("ssd_replace", 0.25, "share of a full buffer that one refresh call s
                                  "synthesis batch)", group=SSD)
 method_flag("ssd_replace_rule", "priority", "which stored images a full buffer gives up: lowest priority, oldest, or "
                                             "random", choices=REPLACE_RULES, group=SSD)
-PHI_FLOOR = 1e-3     # the policy's phi feature is log(max(phi, PHI_FLOOR)): finite for any difficulty
 
 
 def focal_difficulty(teacher_logits, gamma):
@@ -96,6 +98,13 @@ def focal_difficulty(teacher_logits, gamma):
     probs = F.softmax(teacher_logits.detach().float(), dim=1)
     confidence, predicted = probs.max(dim=1)
     return (1 - confidence).clamp_min(1e-6) ** gamma, predicted
+
+
+def count_classes(labels, num_classes):
+    """How many of ``labels`` fall in each class: shape (num_classes,). A scatter-add, where torch.bincount
+    reads the labels' maximum on the host first (a sync on a GPU, every KD step here)."""
+    return torch.zeros(num_classes, dtype=torch.long, device=labels.device).scatter_add_(0, labels,
+                                                                                        torch.ones_like(labels))
 
 
 def class_diversity(classes, class_counts, num_classes):
@@ -115,7 +124,7 @@ def modulating_weights(teacher_logits, class_counts, gamma, max_weight=None, min
     """
     difficulty, predicted = focal_difficulty(teacher_logits, gamma)
     num_classes = teacher_logits.shape[1]
-    counts = class_counts.float() + torch.bincount(predicted, minlength=num_classes).float()
+    counts = class_counts.float() + count_classes(predicted, num_classes).float()
     return normalised_phi(predicted, counts, difficulty, num_classes, max_weight, min_weight)
 
 
@@ -123,7 +132,7 @@ def buffer_weights(labels, difficulty, num_classes, max_weight=None, min_weight=
     """phi of every stored image = diversity (from the buffer's class counts now) x its latest
     difficulty, normalised to mean 1 over the buffer and kept within [``min_weight``, ``max_weight``]
     (a floor keeps the images a confident teacher finds easy in the KD loss)."""
-    return normalised_phi(labels, torch.bincount(labels, minlength=num_classes), difficulty, num_classes,
+    return normalised_phi(labels, count_classes(labels, num_classes), difficulty, num_classes,
                           max_weight, min_weight)
 
 
@@ -148,11 +157,6 @@ def default_buffer_size(train_size, synthesised):
     return math.ceil(BUFFER_SHARE * min(train_size, synthesised))
 
 
-def importance_beta(beta0, done, total):
-    """beta rises linearly from beta0 at the first KD step to 1 at the last (as in PER)."""
-    return beta0 + (1 - beta0) * min(1.0, done / max(total, 1))
-
-
 def kd_steps_per_epoch(passes, capacity, batch_size):
     """KD steps of ``passes`` passes over a buffer of ``capacity`` images, at least one."""
     return max(1, round(passes * capacity / batch_size))
@@ -172,22 +176,6 @@ def split_steps(steps, parts):
     return [base + (i < extra) for i in range(parts)]
 
 
-def draw_rewards(before, after, kind, weights=None):
-    """The policy's reward of each draw: the student's progress on it (KL before its KD step minus
-    after), or with ``relative`` that progress over KL before. Absolute progress is largest on the
-    images the student fits worst, so it taught the policy to draw a few ambiguous images ever more
-    (on digits, one image got 39% of the draws).
-
-    ``weights`` (N,): each draw's weight in the KD loss of the step (importance weight x phi). To first
-    order a step's progress on an image grows with the weight the image had in it, so a reward left
-    undivided would teach the policy to draw what the loss already weighs up; divided, it is the
-    progress per unit of weight, which only the image itself decides."""
-    progress = before - after
-    if weights is not None:
-        progress = progress / weights.clamp_min(1e-6)
-    return progress if kind == "progress" else progress / before.clamp_min(1e-6)
-
-
 @contextlib.contextmanager
 def frozen_buffers(model):
     """Run a training-mode forward without leaving a trace: BN running statistics (and every
@@ -199,54 +187,6 @@ def frozen_buffers(model):
         with torch.no_grad():
             for buf, value in saved:
                 buf.copy_(value)
-
-
-class SamplingPolicy:
-    """A softmax policy over the stored images, learned by REINFORCE.
-
-    pi(i) = softmax_i(theta . f_i) with the features f_i = (log priority_i, log max(phi_i,
-    PHI_FLOOR), log(1 + KD steps since image i was last drawn or admitted)). theta starts at
-    (alpha, 0, 0), which is prioritised replay's p_i^alpha / sum_j p_j^alpha exactly.
-
-    After a KD step on draws i_1..i_n, each draw's reward is the student's progress on it,
-    r_k = KL_before(i_k) - KL_after(i_k); its advantage A_k = (r_k - mean r) / (std r + 1e-8)
-    (the batch is the baseline; std over the batch, not Bessel-corrected); and
-
-        theta <- theta + lr * mean_k A_k (f_{i_k} - sum_j pi_j f_j)
-
-    with the features and pi of the draw (the gradient of log pi(i_k) is f_{i_k} - E_pi[f]).
-    """
-
-    FEATURES = ("log_priority", "log_phi", "log_staleness")
-
-    def __init__(self, alpha, lr, device):
-        self.lr = lr
-        self.theta = torch.tensor([alpha, 0.0, 0.0], device=device)
-        self.updates = 0
-
-    @staticmethod
-    def features(priority, phi, staleness):
-        return torch.stack([priority.log(), phi.clamp_min(PHI_FLOOR).log(), torch.log1p(staleness.float())], dim=1)
-
-    def probabilities(self, features):
-        return F.softmax(features @ self.theta, dim=0)
-
-    def update(self, drawn_features, mean_features, rewards):
-        """One REINFORCE step; returns the advantages."""
-        rewards = rewards.float()
-        advantage = (rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-8)
-        gradient = (advantage[:, None] * (drawn_features - mean_features)).mean(dim=0)
-        # a non-finite reward (a diverged student step) leaves theta as it was; no host read
-        self.theta = torch.where(torch.isfinite(gradient).all(), self.theta + self.lr * gradient, self.theta)
-        self.updates += 1
-        return advantage
-
-    def state_dict(self):
-        return {"theta": self.theta.cpu(), "updates": self.updates}
-
-    def load_state_dict(self, state):
-        self.theta = state["theta"].to(self.theta.device)
-        self.updates = state["updates"]
 
 
 @register_synthesizer("ssd")
@@ -330,7 +270,7 @@ class SSDSynthesizer(FastMetaSynthesizer):
 
     # ------------------------------------------------------------- modulation
     def class_counts(self):
-        return torch.bincount(self.pool.label, minlength=self.config.num_classes)
+        return count_classes(self.pool.label, self.config.num_classes)
 
     def sample_weights(self, teacher_logits):
         if not self.config.ssd_phi:
