@@ -224,7 +224,8 @@ def run_side(side, cmd, cwd, folder, env):
 
 
 def side_result(side, folder, epochs, cmd):
-    cpu = read_cpu(folder, side)
+    record = read_cpu(folder, side)
+    cpu = None if record is None else record["cpu_seconds"]
     result = {"command": shlex.join(cmd), "cpu_seconds_per_epoch": None if cpu is None else cpu / epochs}
     if side == "ours":
         ours = read_ours(os.path.join(folder, "ours"))

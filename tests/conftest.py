@@ -9,6 +9,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST = os.path.join(ROOT, "tests", "data", "upstream_state_dicts.json")
 
 
+def load_script(relpath):
+    """A script of the checkout (a benchmark, say) imported as a module, by its path."""
+    import importlib.util
+
+    name = os.path.splitext(os.path.basename(relpath))[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_manifest():
     with open(MANIFEST) as f:
         return json.load(f)["models"]

@@ -1,5 +1,4 @@
 """benchmarks/nayer_side_by_side.py: both sides get one budget, and a tiny run of NAYER's own code on digits."""
-import importlib.util
 import json
 import os
 import pickle
@@ -11,7 +10,7 @@ import torch
 
 import datafree_kd
 import registry
-from conftest import ROOT
+from conftest import ROOT, load_script
 from datafree.checkpoint import atomic_save
 from datafree.label_embedding import hash_embeddings
 
@@ -19,14 +18,7 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "nayer_side_by_side.py")
 NAYER_CHECKOUT = os.environ.get("NAYER_ROOT", "/work/ext/NAYER")
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("nayer_side_by_side", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sbs = load_script()
+sbs = load_script("benchmarks/nayer_side_by_side.py")
 
 
 def options(**overrides):

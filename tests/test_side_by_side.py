@@ -1,6 +1,5 @@
 """benchmarks/side_by_side.py: both sides' command lines carry the harness's budget, the runner keeps seeds
 and variants apart and shares the original's runs, and the table's statistics are right."""
-import importlib.util
 import json
 import os
 import shlex
@@ -11,19 +10,10 @@ import pytest
 
 import datafree_kd
 import registry
+from conftest import ROOT, load_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "side_by_side.py")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("side_by_side", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sbs = load_script()
+sbs = load_script("benchmarks/side_by_side.py")
 needs_harness = pytest.mark.skipif(not os.path.isfile(os.path.join(sbs.DEFAULT_HARNESS, "run_upstream.py")),
                                    reason="the upstream_bench harness is not beside the project")
 

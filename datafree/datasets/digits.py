@@ -10,8 +10,8 @@ import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from .folder import ImageArray
 from .registry import register_dataset
 from .transforms import cifar_style
 
@@ -49,7 +49,7 @@ def digits_split(train):
     return np.sort(train_idx if train else test_idx)
 
 
-class Digits(torch.utils.data.Dataset):
+class Digits(ImageArray):
     """The train or test split of the offline digits; yields (transform(PIL image), label)."""
 
     num_classes = 10
@@ -57,18 +57,7 @@ class Digits(torch.utils.data.Dataset):
     def __init__(self, train=True, transform=None):
         images, labels = _load_all()
         idx = digits_split(train)
-        self.data = images[idx]
-        self.targets = labels[idx].tolist()
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, index):
-        image = Image.fromarray(self.data[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.targets[index]
+        super().__init__(images[idx], labels[idx], transform)
 
 
 # Digits are not mirror-symmetric (a mirrored 2, 3 or 7 is no digit), hence hflip=False.

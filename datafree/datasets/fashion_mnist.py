@@ -11,11 +11,10 @@ import gzip
 import os
 
 import numpy as np
-import torch
-from PIL import Image
 
 from datafree.errors import DatasetNotFoundError
 
+from .folder import ImageArray
 from .registry import register_dataset
 from .transforms import cifar_style
 
@@ -83,25 +82,14 @@ def load_split(folder, train):
     return np.repeat(padded[..., None], 3, axis=3), labels
 
 
-class FashionMNIST(torch.utils.data.Dataset):
+class FashionMNIST(ImageArray):
     """The train or test split; yields (transform(PIL image of 32x32x3), label)."""
 
     num_classes = 10
     classes = CLASSES
 
     def __init__(self, folder, train=True, transform=None):
-        self.data, labels = load_split(folder, train)
-        self.targets = labels.tolist()
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, index):
-        image = Image.fromarray(self.data[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.targets[index]
+        super().__init__(*load_split(folder, train), transform)
 
 
 # Every shoe faces the same way: the heel (the mass of the image) lies right of the centre in 100% of the

@@ -10,6 +10,25 @@ from datafree.errors import DatasetNotFoundError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
+class ImageArray(torch.utils.data.Dataset):
+    """Images held in memory as a uint8 array (N, H, W, C) with integer labels; yields
+    (transform(PIL image), label), as torchvision's in-memory datasets (CIFAR, MNIST) do."""
+
+    def __init__(self, images, labels, transform=None):
+        self.data = images
+        self.targets = [int(v) for v in labels]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        image = Image.fromarray(self.data[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
 class UnlabeledImageFolder(torch.utils.data.Dataset):
     """Every image under ``root`` (searched recursively, sorted); yields (image, -1)."""
 
