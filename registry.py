@@ -1,5 +1,14 @@
-"""The registry lives in datafree/registry.py (``from datafree import registry``); this file keeps
-``import registry`` working from a checkout, as the original release's scripts and older code use it."""
+"""Register your own models and datasets here (or import the module that does): every command run from
+this checkout (datafree_kd.py, train_scratch.py, vanilla_kd.py) imports this file first, so their
+``--help`` and choices then list your names. The registry itself is ``datafree.registry`` (installed with
+the package); ``import registry`` gives that module::
+
+    from datafree.registry import register_model, register_dataset
+
+    @register_model('mynet')
+    def mynet(num_classes):
+        return MyNet(num_classes)
+"""
 import sys
 
 from datafree import registry as _registry

@@ -5,6 +5,7 @@ This file keeps the original release's command lines running unchanged from a ch
 """
 import sys
 
+import registry  # noqa: F401  (this checkout's registrations, yours included)
 from datafree.commands import train as _command
 from datafree.commands.train import *  # noqa: F401,F403  (the command's names, for code that loads this file by its path)
 

@@ -5,6 +5,7 @@ This file keeps the command lines running unchanged from a checkout:
 """
 import sys
 
+import registry  # noqa: F401  (this checkout's registrations, yours included)
 from datafree.commands import vanilla_kd as _command
 from datafree.commands.vanilla_kd import *  # noqa: F401,F403  (the command's names, for code that loads this file by its path)
 

@@ -138,6 +138,9 @@ def build_run(args, data, device, teacher=None, student=None, resume_path=None):
         leftovers = remove_leftovers(args.output)
         if leftovers:
             run.notes.insert(0, f"removed temporary files of a killed run: {', '.join(leftovers)}")
+    if args.warmup >= args.epochs:
+        run.notes.append(f"--warmup {args.warmup} covers all {args.epochs} epoch(s): the run only synthesises, and no "
+                         f"KD step trains the student (give more --epochs to distil)")
     if hasattr(synthesizer, "pool") and args.output:
         run.notes.append(f"synthetic pool: {config.pool_storage} storage, shard {synthesizer.pool.path}")
     return run
@@ -209,7 +212,7 @@ def build_scheduler(args, optimizer):
     steps = milestones(args)
     if steps:
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=steps, gamma=0.1)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs - args.warmup, eta_min=2e-4)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, args.epochs - args.warmup), eta_min=2e-4)
 
 
 def student_training(args, student, device):

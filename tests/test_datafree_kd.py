@@ -205,7 +205,7 @@ def test_config_file_with_command_line_override(teacher_file, in_tmp_cwd):
     (["--method", "fast_meta", "--kd_steps", "10", "--ep_steps", "5"], "at most --ep_steps"),
     (["--method", "fast", "--tv", "1e-4"], "--tv is not used by method 'fast' \\(it applies to: deepinv\\)"),
     (["--method", "zskt", "--save_pool"], "--save_pool needs a synthetic pool"),
-    (["--method", "fast", "--warmup", "5", "--epochs", "5"], "must be at least 0 and below --epochs"),
+    (["--method", "fast", "--warmup", "-1"], "--warmup \\(-1\\) cannot be negative"),
     (["--method", "dafl", "--dataset", "digits", "--synthesis_channels", "2"],
      "must be 1 \\(grayscale synthesis\\) or the channel count of digits \\(3\\)"),
     (["--method", "dafl", "--dataset", "cifar10", "--synthesis_channels", "1"], "cifar10's differ"),
@@ -267,3 +267,13 @@ def test_plot_run_draws_curves_and_the_pool_per_class(teacher_file, in_tmp_cwd):
     os.remove(str(teacher_file))                      # no teacher: the newest images, no classes
     plot_run.main(["run", "--per_class", "4", "--out_dir", "plain"])
     assert Image.open("plain/pool_by_class.png").size == (4 * 33 + 1, 4 * 33 + 1)
+
+
+def test_a_run_shorter_than_its_warmup_only_synthesises_and_says_so(teacher_file):
+    """`--epochs 1` on a preset with a longer warm-up (a quick try of an install) runs: it synthesises and
+    evaluates, no KD step changes the student, and the log says why."""
+    result = datafree_kd.main(["--method", "fast_meta", *TINY, "--epochs", "1", "--warmup", "2"])
+    run = "checkpoints/datafree-fast_meta/digits-resnet8-resnet8"
+    log = open(f"{run}/log.txt").read()
+    assert "--warmup 2 covers all 1 epoch(s): the run only synthesises" in log and "kd_loss=none" in log
+    assert result["kd_steps"] == 0 and result["synthesis_calls"] == 2 and result["epoch"] == 1

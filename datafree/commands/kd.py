@@ -113,8 +113,8 @@ def check_args(args, parser, normalization=None):
         raise UsageError(f"--kd_steps ({args.kd_steps}) must be positive and at most --ep_steps ({args.ep_steps})")
     if args.save_pool and not issubclass(SYNTHESIZERS[args.method], PoolSynthesizer):
         raise UsageError(f"--save_pool needs a synthetic pool, but method '{args.method}' samples its generator instead")
-    if not 0 <= args.warmup < args.epochs:
-        raise UsageError(f"--warmup ({args.warmup}) must be at least 0 and below --epochs ({args.epochs})")
+    if args.warmup < 0 or args.epochs < 1:
+        raise UsageError(f"--warmup ({args.warmup}) cannot be negative and --epochs ({args.epochs}) must be at least 1")
     if args.fp16 and args.precision == AUTO:   # an explicit --fp16 beats a preset's auto
         args.precision = "fp16"
     if args.fp16 and args.precision not in (None, "fp16"):
