@@ -49,7 +49,7 @@ ROOT = os.path.dirname(HERE)
 DEFAULT_HARNESS = os.path.join(os.path.dirname(ROOT), "shared", "upstream_bench")
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "digits", "nayer.yaml")
 sys.path.insert(0, HERE)
-from side_by_side import finish_process, read_cpu, read_ours, start_process  # noqa: E402
+from side_by_side import fmt_stat, finish_process, mean_se, read_cpu, read_ours, start_process  # noqa: E402
 
 # The flags of one budget, the same on both sides (kd_steps: KD steps per epoch, NAYER's meaning).
 BUDGET = ("epochs", "warmup", "batch_size", "synthesis_batch_size", "kd_steps", "lr", "T", "g_steps", "lr_g", "adv",
@@ -264,6 +264,9 @@ def main(argv=None):
     p.add_argument("--label_embedding", default="hash", metavar="clip|hash|FILE",
                    help="the embedding both sides read (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, metavar="S1,S2,...", help="several seeds, each its own folder; the table "
+                                                                     "gives mean ± SE over them (overrides --seed)")
+    p.add_argument("--rerun", action="store_true", help="run a seed's sides again even if finished")
     p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "nayer_side_by_side"))
     p.add_argument("--ours_root", default=ROOT, help="the checkout of this project to run (default: this one)")
     p.add_argument("--ours_args", default="", help="extra flags for our datafree_kd.py")
@@ -281,39 +284,108 @@ def main(argv=None):
             p.error(f"the {what} is not at {path}")
     a.teacher_ckpt, a.workdir, a.ours_root = (os.path.abspath(x) for x in (a.teacher_ckpt, a.workdir, a.ours_root))
     budget = read_budget(a.config, {key: getattr(a, key) for key in BUDGET})
+    seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else [a.seed]
+    summaries = [run_seed(a, budget, seed) for seed in seeds]
+    table = markdown(summaries, a, budget)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write("\n".join(json.dumps(s) for s in summaries) + "\n")
+        with open(os.path.splitext(a.out)[0] + ".md", "w") as f:
+            f.write(table)
+    print(table)
+    print(summary_line(summaries))
+    return 0
 
-    folder = os.path.join(a.workdir, f"{a.dataset}-seed{a.seed}")
+
+def run_seed(a, budget, seed):
+    """Both sides (or ``--side``) of one seed; a side already finished with the same command is kept."""
+    folder = os.path.join(a.workdir, f"{a.dataset}-seed{seed}")
     os.makedirs(folder, exist_ok=True)
+    a.seed = seed
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=a.ours_root)
     embedding = os.path.join(folder, "label_embedding.pickle")
     if run_side("embedding", embedding_command(a, embedding), a.ours_root, folder, env) != 0:
         raise SystemExit(f"the label embedding could not be written: see {os.path.join(folder, 'embedding.log')}")
+    previous = {}
+    path = os.path.join(folder, "summary.json")
+    if os.path.isfile(path) and not a.rerun:
+        with open(path) as f:
+            previous = json.load(f)
     summary = {"dataset": a.dataset, "teacher": a.teacher, "teacher_ckpt": a.teacher_ckpt, "student": a.student,
-               "seed": a.seed, "budget": budget, "label_embedding": a.label_embedding}
+               "seed": seed, "budget": budget, "label_embedding": a.label_embedding}
     if a.side in ("both", "ours"):
-        shutil.rmtree(os.path.join(folder, "ours"), ignore_errors=True)
         cmd = our_command(budget, a, os.path.join(folder, "ours"), embedding)
-        run_side("ours", cmd, a.ours_root, folder, env)
-        summary["ours"] = side_result("ours", folder, budget["epochs"], cmd)
+        if finished(previous.get("ours"), cmd):
+            summary["ours"] = previous["ours"]
+        else:
+            shutil.rmtree(os.path.join(folder, "ours"), ignore_errors=True)
+            run_side("ours", cmd, a.ours_root, folder, env)
+            summary["ours"] = side_result("ours", folder, budget["epochs"], cmd)
     if a.side in ("both", "original"):
         where = os.path.join(folder, "original")
-        shutil.rmtree(where, ignore_errors=True)   # NAYER's pool folder is never emptied by its code
-        prepare_original(a, where, embedding)
         spec = {"nayer": os.path.abspath(a.nayer), "harness": os.path.abspath(a.harness), "dataset": a.dataset,
                 "data_root": a.data_root, "argv": their_argv(budget, a), "out": os.path.join(folder, "original.json")}
-        spec_path = os.path.join(folder, "original.spec.json")
-        with open(spec_path, "w") as f:
-            json.dump(spec, f)
-        cmd = original_command(spec_path)
-        run_side("original", cmd, where, folder, dict(env, PYTHONPATH=""))
-        summary["original"] = side_result("original", folder, budget["epochs"], cmd)
-        summary["original"]["argv"] = shlex.join(spec["argv"])
-    line = json.dumps(summary)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(line + "\n")
-    print(line)
-    return 0
+        cmd = original_command(os.path.join(folder, "original.spec.json"))
+        if finished(previous.get("original"), cmd) and previous["original"].get("argv") == shlex.join(spec["argv"]):
+            summary["original"] = previous["original"]
+        else:
+            shutil.rmtree(where, ignore_errors=True)   # NAYER's pool folder is never emptied by its code
+            prepare_original(a, where, embedding)
+            with open(os.path.join(folder, "original.spec.json"), "w") as f:
+                json.dump(spec, f)
+            run_side("original", cmd, where, folder, dict(env, PYTHONPATH=""))
+            summary["original"] = side_result("original", folder, budget["epochs"], cmd)
+            summary["original"]["argv"] = shlex.join(spec["argv"])
+    with open(path, "w") as f:
+        json.dump(summary, f)
+    return summary
+
+
+def finished(side, cmd):
+    return bool(side) and side.get("best") is not None and side.get("command") == shlex.join(cmd)
+
+
+def markdown(summaries, a, budget):
+    """Best top-1 per side as mean ± SE over the seeds, the paired difference, CPU seconds per epoch."""
+    def stat(side, key="best"):
+        values = [s[side]["acc"][-1] if key == "last" else s[side].get(key) for s in summaries
+                  if s.get(side) and s[side].get("acc")]
+        return mean_se(v for v in values if v is not None)
+
+    diff = mean_se(s["ours"]["best"] - s["original"]["best"] for s in summaries
+                   if s.get("ours", {}).get("best") is not None and s.get("original", {}).get("best") is not None)
+    cpu = {side: stat(side, "cpu_seconds_per_epoch") for side in ("ours", "original")}
+    ratio = (cpu["ours"]["mean"] / cpu["original"]["mean"]) if cpu["ours"] and cpu["original"] else None
+    lines = [f"NAYER on {a.dataset}, seeds {','.join(str(s['seed']) for s in summaries)}: ours (--method nayer) "
+             f"against NAYER's own code, the same teacher, data, label embedding ({a.label_embedding}) and budget "
+             f"({', '.join(f'{k} {v}' for k, v in budget.items())}); best top-1 as mean ± SE over the seeds.", "",
+             "| side | best top-1 | last epoch | CPU s/epoch |", "|---|---|---|---|"]
+    for side in ("ours", "original"):
+        seconds = "-" if cpu[side] is None else f"{cpu[side]['mean']:.1f}"
+        lines.append(f"| {side} | {fmt_stat(stat(side))} | {fmt_stat(stat(side, 'last'))} | {seconds} |")
+    lines += ["", f"ours - original: {fmt_stat(diff, '+')} (paired over seeds); CPU seconds per epoch, ours / "
+                  f"original: {'-' if ratio is None else f'{ratio:.2f}'}", "", "Per seed:", "",
+              "| seed | ours | original | ours per epoch | original per epoch |", "|---|---|---|---|---|"]
+    for s in summaries:
+        row = [str(s["seed"])]
+        for side in ("ours", "original"):
+            row.append("-" if not s.get(side) or s[side].get("best") is None else f"{s[side]['best']:.2f}")
+        for side in ("ours", "original"):
+            row.append("-" if not s.get(side) or not s[side].get("acc") else " ".join(f"{v:.1f}" for v in s[side]["acc"]))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_line(summaries):
+    pairs = [(s["ours"]["best"], s["original"]["best"]) for s in summaries
+             if s.get("ours", {}).get("best") is not None and s.get("original", {}).get("best") is not None]
+    diff = mean_se(o - u for o, u in pairs)
+    if diff is None:
+        return f"nayer_side_by_side: {len(pairs)}/{len(summaries)} seeds finished on both sides"
+    se = diff["se"] or 0.0
+    verdict = "within one SE or above" if diff["mean"] >= -se else "behind by more than one SE"
+    return (f"nayer_side_by_side: {len(pairs)}/{len(summaries)} seeds; ours - original = {diff['mean']:+.2f} "
+            f"(SE {se:.2f}): {verdict}")
 
 
 if __name__ == "__main__":

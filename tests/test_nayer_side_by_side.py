@@ -67,8 +67,10 @@ def test_a_tiny_run_of_nayers_own_code_beside_ours(tmp_path, capsys):
             "--g_steps", "1", "--g_loops", "1", "--gwp_loops", "2", "--le_emb_size", "32"]
     assert sbs.main(["--nayer", NAYER_CHECKOUT, "--teacher", "resnet8", "--student", "resnet8", "--teacher_ckpt",
                      str(teacher), "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "s.json"), *tiny]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary == json.loads((tmp_path / "s.json").read_text())
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("nayer_side_by_side: 1/1 seeds; ours - original = ")
+    summary = json.loads((tmp_path / "s.json").read_text())          # one line per seed
+    assert "| ours | " in (tmp_path / "s.md").read_text()
     ours, original = summary["ours"], summary["original"]
     assert "error" not in ours and "error" not in original, (ours, original)
     assert len(ours["acc"]) == len(original["acc"]) == 2
@@ -82,3 +84,27 @@ def test_a_tiny_run_of_nayers_own_code_beside_ours(tmp_path, capsys):
     assert torch.equal(handed, hash_embeddings(10, registry.class_names("digits")))
     assert shlex.split(ours["command"])[shlex.split(ours["command"]).index("--label_embedding") + 1] == \
         str(folder / "label_embedding.pickle")
+    # run again: both finished sides are kept, nothing reruns
+    mtime = os.path.getmtime(folder / "ours" / "summary.json")
+    assert sbs.main(["--nayer", NAYER_CHECKOUT, "--teacher", "resnet8", "--student", "resnet8", "--teacher_ckpt",
+                     str(teacher), "--workdir", str(tmp_path / "work"), *tiny]) == 0
+    assert os.path.getmtime(folder / "ours" / "summary.json") == mtime
+
+
+def test_seeds_table_gives_mean_se_and_the_paired_difference():
+    def side(acc, cpu):
+        return {"acc": acc, "best": max(acc), "cpu_seconds_per_epoch": cpu, "command": "c"}
+
+    summaries = [{"seed": 0, "ours": side([50.0, 60.0], 10.0), "original": side([40.0, 58.0], 12.0)},
+                 {"seed": 1, "ours": side([55.0, 62.0], 11.0), "original": side([50.0, 60.0], 13.0)},
+                 {"seed": 2, "ours": side([52.0, 64.0], 12.0), "original": side([61.0, 59.0], 14.0)}]
+    a = SimpleNamespace(dataset="fashion_mnist", label_embedding="hash")
+    table = sbs.markdown(summaries, a, {"epochs": 2})
+    # ours: 60, 62, 64 -> 62 ± 2/sqrt(3) = 1.15; original: 58, 60, 61 -> 59.67 ± 0.88; differences 2, 2, 3
+    assert "| ours | 62.00 ± 1.15 |" in table and "| original | 59.67 ± 0.88 |" in table
+    assert "ours - original: +2.33 ± 0.33" in table and "ours / original: 0.85" in table
+    assert sbs.summary_line(summaries) == ("nayer_side_by_side: 3/3 seeds; ours - original = +2.33 (SE 0.33): "
+                                           "within one SE or above")
+    for summary, best in zip(summaries, (55.0, 57.0, 58.0)):    # differences -3, -3, -3: behind, SE 0
+        summary["ours"]["best"] = best
+    assert sbs.summary_line(summaries).endswith("= -3.00 (SE 0.00): behind by more than one SE")
