@@ -127,3 +127,14 @@ def test_every_shoe_faces_the_same_way_which_is_why_flips_are_off():
         mass = images[labels == shoe][..., 0].astype(np.float64).sum(axis=1)      # (n, 32) column mass
         centre = (mass * columns).sum(axis=1) / mass.sum(axis=1)
         assert (centre > 15.5).mean() > 0.9, fm.CLASSES[shoe]                     # heel (the mass) on the right
+
+
+@pytest.mark.skipif(not INSTALLED, reason="apt-get install dataset-fashion-mnist")
+def test_the_committed_teacher_scores_at_least_93_on_the_test_images(in_tmp_cwd):
+    import train_scratch
+    from conftest import ROOT
+
+    teacher = os.path.join(ROOT, "checkpoints", "pretrained", "fashion_mnist_wrn16_2.pth")
+    stats = train_scratch.main(["--model", "wrn16_2", "--dataset", "fashion_mnist", "--evaluate_only",
+                                "--resume", teacher, "--gpu", "-1"])
+    assert stats["acc1"] >= 93.0 and round(stats["acc1"], 2) == 94.25
