@@ -74,7 +74,7 @@ BUDGETS = {
 # they take 40, since every run here has one thread). DeepInversion and CMI take the synthesis steps of our
 # Fashion-MNIST presets (the harness's --g-steps-override); deepinv's lr_g is the harness's, the original's
 # tuned-fast 1.0, as in our preset. "why" is printed in the table; the measured part is filled in after a run.
-FM_SHARED = dict(batch=128, ep_steps=50, epochs=20)
+FM_SHARED = dict(batch=128, ep_steps=50, epochs=12)
 BUDGETS_FM = {
     "fast_meta": dict(FM_SHARED, fast_k=5, why="Fast-5 as our preset, on the shared budget; measured: TODO"),
     "fast_meta_reptile": dict(FM_SHARED, fast_k=5, why="as fast_meta, Reptile instead of MAML; measured: TODO"),
