@@ -48,7 +48,7 @@ from datafree import registry  # noqa: E402
 from datafree import distributed, engine  # noqa: E402
 from datafree.checkpoint import atomic_save, read_summary  # noqa: E402
 from datafree.datasets.transforms import cifar_style  # noqa: E402
-from datafree.engine import now  # noqa: E402
+from datafree.engine import Clock  # noqa: E402
 from datafree.precision import Precision, native_bfloat16  # noqa: E402
 from datafree.synthesis import SYNTHESIZERS, PoolSynthesizer  # noqa: E402
 from datafree.run import registered_data, synthesizer_config  # noqa: E402
@@ -237,11 +237,17 @@ def write_profile(profiler, path, setting, rows=25):
 
 def process_clock(device):
     """Seconds of CPU time this process has used: a clock that other processes' load hardly moves
-    (for the CPU; the same call signature as datafree.engine.now)."""
+    (for the CPU; the same call signature as ``wall_clock``)."""
     return time.process_time()
 
 
-def network_floor(args, device, val_size, image_shape, clock=now, repeats=1):
+def wall_clock(device, read=Clock.now):
+    """The loops' clock: the wall clock once the device's queued work is done (datafree.engine.Clock's own
+    ``now``, kept here before ``child`` may replace it)."""
+    return read(Clock(device))
+
+
+def network_floor(args, device, val_size, image_shape, clock=wall_clock, repeats=1):
     """Seconds of one epoch's network passes in the run's setting (see the module's docstring)."""
     task = registry.get_task(args.dataset)
     num_classes = registry.DATASET_NUM_CLASSES[args.dataset]
@@ -323,8 +329,8 @@ def child(opts):
     register_random_dataset(opts.test_size)
     if opts.compile_backend:
         torch.compile = functools.partial(torch.compile, backend=opts.compile_backend)
-    clock = process_clock if opts.clock == "process" else now
-    datafree_kd.now = engine.now = clock    # the loop's phase and epoch seconds, in this process only
+    clock = process_clock if opts.clock == "process" else wall_clock
+    engine.Clock.now = lambda self: clock(self.device)    # the loop's phase and epoch seconds, in this process only
     workdir = os.path.dirname(opts.result)
     argv = kd_flags(opts, workdir, opts.child)
     args = datafree_kd.parse_args(argv)

@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)
 
 from datafree.commands import kd as datafree_kd  # noqa: E402
 from datafree import registry  # noqa: E402
-from datafree.engine import now  # noqa: E402
+from datafree.engine import Clock  # noqa: E402
 from datafree.precision import resolve_mode  # noqa: E402
 from datafree.synthesis import SYNTHESIZERS  # noqa: E402
 from datafree.run import registered_data, synthesizer_config  # noqa: E402
@@ -86,10 +86,10 @@ def main(argv=None):
     device = torch.device(opts.device)
     synthesizer, args = build(opts, device)
     synthesizer.synthesize()   # untimed: autotuning, allocator warm-up
-    tic = now(device)
+    tic = Clock(device).now()
     for _ in range(opts.calls):
         synthesizer.synthesize()
-    call = (now(device) - tic) / opts.calls
+    call = (Clock(device).now() - tic) / opts.calls
     step = call / opts.g_steps
     setting = args.precision + ("+cl" if args.channels_last else "")
     print(f"{'method':<20} {'setting':<10} {'size':>5} {'batch':>6} {'steps':>6} {'s/call':>8} {'s/step':>8} "

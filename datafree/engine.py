@@ -178,19 +178,20 @@ def fit(job, model, optimizer, scheduler, val_loader, device, *, epochs, run_dir
     if stop is not None and stop.requested():
         raise job.interrupted(stop, f"it came before training started, so nothing new was written and {job.saved()}")
     stats = None
+    clock = Clock(device)
     for epoch in range(start_epoch, epochs):
-        tic, cpu_tic = now(device), process_cpu_seconds()
+        tic, cpu_tic = clock.now(), process_cpu_seconds()
         result = job.train_epoch(epoch)
         phase = dict(result.phase)
-        mark = now(device)
+        mark = clock.now()
         if stats is None or job.trains(epoch):
             stats = evaluate(model, val_loader, device, task)
-        phase["eval"] = now(device) - mark
+        phase["eval"] = clock.now() - mark
         lr = optimizer.param_groups[0]["lr"]
         if job.trains(epoch):
             scheduler.step()
 
-        mark = now(device)
+        mark = clock.now()
         score = stats[task.primary]
         is_best = score > best_acc1
         best_acc1 = max(best_acc1, score)
@@ -199,13 +200,13 @@ def fit(job, model, optimizer, scheduler, val_loader, device, *, epochs, run_dir
         logger.scalars({**measured_loss, "lr": lr, **{f"{k}_seconds": v for k, v in phase.items()}}, epoch, "train/")
         for prefix, values in result.scalars.items():
             logger.scalars(values, epoch, prefix)
-        epoch_seconds = now(device) - tic + result.resumed_seconds
+        epoch_seconds = clock.now() - tic + result.resumed_seconds
         job.end_epoch(epoch, best_acc1, epoch_seconds)
-        phase["output"] = now(device) - mark
+        phase["output"] = clock.now() - mark
 
-        mark = now(device)
+        mark = clock.now()
         job.persist(job.checkpoint(epoch + 1, best_acc1), is_best)
-        phase["persist"] = now(device) - mark
+        phase["persist"] = clock.now() - mark
         totals = job.totals()
         if distributed.is_main_process():
             record_epoch(run_dir, epoch=epoch, epochs=epochs, acc1=score, epoch_seconds=epoch_seconds,
@@ -235,7 +236,8 @@ class SupervisedJob(TrainingJob):
         self.epochs_saved = start_epoch
 
     def train_epoch(self, epoch):
-        tic = now(self.device)
+        clock = Clock(self.device)
+        tic = clock.now()
         if hasattr(self.train_loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch
             self.train_loader.sampler.set_epoch(epoch)
         stop = self.stop
@@ -245,7 +247,7 @@ class SupervisedJob(TrainingJob):
         if stats["stopped"]:
             raise self.interrupted(stop, f"the run stopped in epoch {epoch}, whose steps are done again on resume; "
                                          f"last.pth holds {finished_epochs(self.epochs_saved)}")
-        return EpochResult(stats["loss"], {"train": now(self.device) - tic})
+        return EpochResult(stats["loss"], {"train": clock.now() - tic})
 
     def checkpoint(self, epochs_done, best):
         self.epochs_saved = epochs_done
@@ -268,25 +270,26 @@ def process_cpu_seconds():
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def now(device):
-    """The wall clock, read after the device's queued work is done (CUDA runs asynchronously)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+class Clock:
+    """The loops' one clock, for ``device``.
 
-
-class BlockTimer:
-    """Total time of repeated code blocks without a host sync per block.
-
-    On a GPU each block is bracketed by two CUDA events on the current stream and the total is
-    read once, in ``seconds()`` (the events measure the stream's time between the two points,
-    so asynchronous kernels are counted where they run); on the CPU it is the wall clock.
+    ``now()`` reads the wall clock once the device's queued work is done (on a GPU a sync: the loops
+    read it per epoch, per synthesis call and per round of KD steps, never per step). ``measure()``
+    times repeated blocks without a sync per block, ``seconds()`` gives their total: on a GPU each
+    block is bracketed by two CUDA events on the current stream and the total is read once (the
+    events measure the stream's time between the two points, so asynchronous kernels are counted
+    where they run); on the CPU it is the wall clock.
     """
 
     def __init__(self, device):
         self.device = torch.device(device)
         self._events = []
         self._seconds = 0.0
+
+    def now(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     @contextlib.contextmanager
     def measure(self):
@@ -303,7 +306,7 @@ class BlockTimer:
         self._events.append((start, end))
 
     def seconds(self):
-        """The total so far (waits for the last block's work on a GPU)."""
+        """The total of the measured blocks so far (waits for the last block's work on a GPU)."""
         if self._events:
             self._events[-1][1].synchronize()
             self._seconds += sum(start.elapsed_time(end) for start, end in self._events) / 1000.0
@@ -335,7 +338,7 @@ def distill_steps(synthesizer, student, teacher, optimizer, precision, steps, st
     teacher.eval()
     device = next(student.parameters()).device
     loss_sum = torch.zeros((), device=device)
-    sampling = BlockTimer(device)
+    sampling = Clock(device)
     taken = done = 0
     while done < steps:
         with sampling.measure():
@@ -428,6 +431,7 @@ class DataFreeJob(TrainingJob):
         self.stop, self.resume = stop, resume or ResumeHint([], None, None)
         self.guards = {"kd": run.precision.guard, "synthesis": run.synthesizer.precision.guard}
         self.progress, self.at, self.images = progress, None, None
+        self.clock = Clock(run.device)
 
     def _stop_signal(self):
         return self.stop.requested() if self.stop is not None else 0
@@ -444,7 +448,7 @@ class DataFreeJob(TrainingJob):
     def train_epoch(self, epoch):
         at = self.progress or Progress()
         self.progress, self.at = None, at
-        epoch_start = now(self.run.device) - at.seconds
+        epoch_start = self.clock.now() - at.seconds
         for guard in self.guards.values():
             guard.new_epoch()
         try:
@@ -475,9 +479,9 @@ class DataFreeJob(TrainingJob):
             if not at.synthesized and at.calls_done == 0:
                 at.kd_loss_sum, at.kd_taken = 0.0, 0
             while not at.synthesized and at.calls_done < calls:
-                tic = now(run.device)
+                tic = self.clock.now()
                 syn_out = self.synthesizer.synthesize()
-                phase["synthesis"] += now(run.device) - tic
+                phase["synthesis"] += self.clock.now() - tic
                 images = syn_out["images"]
                 self.totals_.synthesis_calls += 1
                 at.calls_done += 1
@@ -487,10 +491,10 @@ class DataFreeJob(TrainingJob):
                 self.maybe_stop(epoch, at, epoch_start, f"{call} of round {number}")
             at.synthesized = True
             if epoch >= args.warmup and at.kd_done < steps:
-                tic = now(run.device)
+                tic = self.clock.now()
                 kd = distill_steps(self.synthesizer, run.kd_student, run.kd_teacher, run.optimizer, run.precision,
                                    steps - at.kd_done, stop=stop_check)
-                kd_seconds = now(run.device) - tic
+                kd_seconds = self.clock.now() - tic
                 moved = kd.sample_seconds if self.synthesizer.sampling_is_synthesis else 0.0
                 phase["synthesis"] += moved
                 phase["kd"] += kd_seconds - moved
@@ -513,7 +517,7 @@ class DataFreeJob(TrainingJob):
         """If a stop signal came: save this point of ``epoch`` in last.pth and raise Interrupted."""
         if not self._stop_signal():
             return
-        at.seconds = now(self.run.device) - epoch_start
+        at.seconds = self.clock.now() - epoch_start
         at.skipped = {name: at.skipped.get(name, 0) + guard.skipped for name, guard in self.guards.items()}
         tag = f"round{at.round}-{'s' if at.synthesized else ''}kd{at.kd_done}"
         self.persist(self.state(progress=at), is_best=False, progress=at, tag=tag)

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datafree import distributed, registry  # noqa: E402
 from datafree.checkpoint import atomic_write_text  # noqa: E402
 from datafree.commands import kd as datafree_kd  # noqa: E402
-from datafree.engine import now  # noqa: E402
+from datafree.engine import Clock  # noqa: E402
 from datafree.errors import UsageError  # noqa: E402
 from datafree.pool import ShardFile, write_manifest  # noqa: E402
 from datafree.run import dataset_data, frozen_teacher, make_synthesizer, synthesizer_config  # noqa: E402
@@ -84,10 +84,10 @@ def main(argv=None):
         synthesizer.calls = done["calls"]
     while pool.size < share:
         set_seed(args.seed + 1000 * done["calls"] + rank)   # a continued run draws what it would have drawn
-        tic = now(device)
+        tic = Clock(device).now()
         synthesizer.synthesize()
         pool.sync()
-        seconds = now(device) - tic
+        seconds = Clock(device).now() - tic
         done.update(rows=pool.size, calls=done["calls"] + 1, seconds=done["seconds"] + seconds,
                     shape=list(pool.shape))
         atomic_write_text(json.dumps(done), progress_path)

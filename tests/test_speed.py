@@ -12,7 +12,7 @@ import datafree_kd
 import registry
 from conftest import ROOT
 from datafree import engine
-from datafree.engine import BlockTimer
+from datafree.engine import Clock
 from datafree.precision import Precision, native_bfloat16, resolve_mode
 from datafree.synthesis import SYNTHESIZERS
 from test_baselines import make_config
@@ -138,7 +138,7 @@ def test_auto_precision_flag_and_fp16_override():
 
 
 def test_block_timer_sums_blocks_on_the_cpu():
-    timer = BlockTimer(torch.device("cpu"))
+    timer = Clock(torch.device("cpu"))
     for _ in range(3):
         with timer.measure():
             sum(range(20000))
