@@ -70,7 +70,7 @@ BUDGETS = {
     "zskt": dict(batch=32, ep_steps=40, epochs=12),
     "dfq": dict(batch=32, ep_steps=40, epochs=12),
 }
-# Fashion-MNIST: one budget for every method (batch 128 and 50 KD steps per epoch as our presets, 20 epochs where
+# Fashion-MNIST: one budget for every method (batch 128 and 50 KD steps per epoch as our presets, 12 epochs where
 # they take 40, since every run here has one thread). DeepInversion and CMI take the synthesis steps of our
 # Fashion-MNIST presets (the harness's --g-steps-override); deepinv's lr_g is the harness's, the original's
 # tuned-fast 1.0, as in our preset. "why" is printed in the table; the measured part is filled in after a run.

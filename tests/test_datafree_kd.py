@@ -54,13 +54,13 @@ def test_maml_meta_gradient_inside_the_synthesizer(teacher_file, monkeypatch):
     inner, meta_grads = [], []
     real_after, real_finish = FirstOrderMAML.after_inner_backward, FirstOrderMAML.finish
 
-    def after(self, fast_generator):
+    def after(self, fast_generator, fast_latent=None):
         inner.append([p.grad.clone() for p in fast_generator.parameters()])
-        real_after(self, fast_generator)
+        real_after(self, fast_generator, fast_latent)
 
-    def finish(self, fast_generator):
+    def finish(self, fast_generator, fast_latent=None):
         meta_grads.append([p.grad.clone() for p in self.generator.parameters()])
-        real_finish(self, fast_generator)
+        real_finish(self, fast_generator, fast_latent)
 
     monkeypatch.setattr(FirstOrderMAML, "after_inner_backward", after)
     monkeypatch.setattr(FirstOrderMAML, "finish", finish)

@@ -78,7 +78,7 @@ def test_budget_epochs_and_override():
 def test_fashion_mnist_budgets_and_teacher():
     assert set(sbs.BUDGETS_FM) == set(sbs.METHODS)
     for method, budget in sbs.BUDGETS_FM.items():
-        assert (budget["batch"], budget["ep_steps"], budget["epochs"]) == (128, 50, 20), method
+        assert (budget["batch"], budget["ep_steps"], budget["epochs"]) == (128, 50, 12), method
         assert budget.get("fast_k") == (5 if method.startswith("fast") else None), method
         assert budget["why"], method
     assert sbs.BUDGETS_FM["deepinv"]["g_steps"] == 50 and sbs.BUDGETS_FM["cmi"]["g_steps"] == 20
@@ -107,7 +107,7 @@ def test_fashion_mnist_sides_get_the_same_budget_data_teacher_and_no_flips(metho
         g_steps_override=int(theirs["--g-steps-override"]) if "--g-steps-override" in theirs else None)
     scaled = run_upstream.scale_config(method, run_upstream.upstream_configs(fast_k or 2)[method], harness_args)
     assert (ours.batch_size, ours.ep_steps, ours.epochs) == \
-        (scaled["batch_size"], scaled["ep_steps"], scaled["epochs"]) == (128, 50, 20)
+        (scaled["batch_size"], scaled["ep_steps"], scaled["epochs"]) == (128, 50, 12)
     for flag in ("lr", "warmup", "kd_steps", "g_steps", "lr_g", "adv", "bn", "oh"):
         assert getattr(ours, flag) == pytest.approx(scaled[flag]), flag
     assert ours.T == (1 if method in sbs.GENERATIVE else scaled["T"])
@@ -356,7 +356,7 @@ def test_seeds_variants_table_figures_and_summary(monkeypatch, tmp_path, capsys)
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("summary: 1/1 methods finished over seeds 0,1;")
 
 
-def test_options_seeds_and_per_dataset_defaults(tmp_path):
+def test_options_seeds_and_per_dataset_defaults(tmp_path, monkeypatch):
     base = fake_setup(tmp_path)
     assert sbs.parse_options(base).seeds == [0]
     assert sbs.parse_options(base + ["--seed", "4"]).seeds == [4]
@@ -367,7 +367,8 @@ def test_options_seeds_and_per_dataset_defaults(tmp_path):
     without_teacher = [t for t in base if t not in ("--teacher_ckpt", str(tmp_path / "teacher.pth"))]
     a = sbs.parse_options(without_teacher + ["--dataset", "fashion_mnist", "--data_root", str(tmp_path)])
     assert a.teacher_ckpt == sbs.DEFAULT_TEACHERS["fashion_mnist"] and a.data_root == str(tmp_path)
-    assert sbs.parse_options(without_teacher).teacher_ckpt == sbs.DEFAULT_TEACHERS["digits"]
+    monkeypatch.setitem(sbs.DEFAULT_TEACHERS, "digits", str(tmp_path / "teacher.pth"))
+    assert sbs.parse_options(without_teacher).teacher_ckpt == str(tmp_path / "teacher.pth")
     if os.path.isdir(sbs.FASHION_MNIST_ROOT):
         assert sbs.parse_options(without_teacher + ["--dataset", "fashion_mnist"]).data_root == sbs.FASHION_MNIST_ROOT
     with pytest.raises(SystemExit):     # a missing teacher file: refused before anything runs
