@@ -41,18 +41,18 @@ class ProbeNet(nn.Module):
 def main():
     registry.register_model("probe_gn")(ProbeNet)   # only in the torchrun processes
     import datafree_kd
-    from datafree import run_state
+    from datafree import engine, run_state
 
     probe_dir, argv = sys.argv[1], sys.argv[2:]
     record = {"rounds": [], "saves": 0, "kd_steps": 0, "exit": 0}
     rank = int(os.environ.get("RANK", "0"))
     signal_rank, signal_step = (int(v) for v in os.environ.get("PROBE_SIGTERM", "-1,0").split(","))
-    real_distill, real_save = datafree_kd.distill_steps, run_state.save_checkpoint
+    real_distill, real_save = engine.distill_steps, run_state.save_checkpoint
 
     def clone_state(module):
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
-    def distill_steps(synthesizer, student, teacher, optimizer, precision, steps, **options):
+    def distill_steps(synthesizer, student, teacher, optimizer, precision, steps, stop=None):
         module = getattr(student, "module", student)
         batches, real_sample = [], synthesizer.sample
 
@@ -67,7 +67,7 @@ def main():
         entry = {"generator": clone_state(synthesizer.generator), "before": clone_state(module)}
         synthesizer.sample = sample
         try:
-            out = real_distill(synthesizer, student, teacher, optimizer, precision, steps, **options)
+            out = real_distill(synthesizer, student, teacher, optimizer, precision, steps, stop=stop)
         finally:
             del synthesizer.sample
         entry.update(batches=batches, after=clone_state(module))
@@ -78,7 +78,7 @@ def main():
         record["saves"] += 1
         return real_save(state, run_dir, is_best, best_state)
 
-    datafree_kd.distill_steps, run_state.save_checkpoint = distill_steps, save_checkpoint
+    engine.distill_steps, run_state.save_checkpoint = distill_steps, save_checkpoint
     try:
         datafree_kd.run_cli(datafree_kd.main, argv)
     except SystemExit as stop:

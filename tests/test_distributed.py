@@ -203,7 +203,7 @@ def test_methods_that_would_drift_are_refused_under_torchrun(monkeypatch):
 
 
 SSD_FLAGS = ["--method", "ssd", "--dataset", "digits", "--teacher", "resnet8", "--student", "probe_gn", "--gpu", "-1",
-             "--batch_size", "16", "--synthesis_batch_size", "16", "--ssd_buffer_size", "24", "--ssd_kd_passes", "2",
+             "--batch_size", "16", "--synthesis_batch_size", "16", "--ssd_buffer_size", "24", "--ssd_kd_passes", "2", "--ssd_kd_batch", "16",
              "--ssd_replace", "0.25", "--g_steps", "1", "--lr", str(LR), "--T", str(T), "--bn", "1", "--oh", "1",
              "--adv", "1", "--bn_mmt", "0.9", "--lr_g", "1e-3", "--lr_z", "0.01", "--seed", "3"]
 SSD_RUN = "checkpoints/datafree-ssd/digits-resnet8-probe_gn"

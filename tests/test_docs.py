@@ -281,8 +281,14 @@ def check_pip(argv):
         import tomllib
         with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
             project = tomllib.load(f)
-        for module in project["tool"]["setuptools"]["py-modules"]:
-            assert os.path.isfile(os.path.join(ROOT, f"{module}.py")), module
+        # only the datafree package is installed, and every console command names a function of it
+        assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["datafree*"]
+        assert "py-modules" not in project["tool"]["setuptools"]
+        for command, target in project["project"]["scripts"].items():
+            module, function = target.split(":")
+            assert module.startswith("datafree."), command
+            with open(os.path.join(ROOT, *module.split(".")) + ".py") as f:
+                assert f"def {function}(" in f.read(), target
         for extra in extras.group(1).split(",") if extras else []:   # .[NAME]: declared, and installed here
             declared = project["project"]["optional-dependencies"]
             assert extra in declared, f"pyproject.toml declares no extra '{extra}'"
@@ -306,6 +312,16 @@ def check_pip(argv):
                         pytest.fail(f"{name} requires {requirement}, which is not installed")
 
 
+def check_apt(argv):
+    """A documented package install is one that .ci/run installs too (so CI has what the docs need)."""
+    packages = [a for a in argv[1:] if not a.startswith("-")]
+    assert argv[0] == "install" and packages, f"no rule for apt-get {shlex.join(argv)}"
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = f.read()
+    for package in packages:
+        assert f"apt-get install -y {package}" in ci, f".ci/run does not install {package}"
+
+
 @pytest.mark.parametrize("env,argv", documented_commands())
 def test_documented_command(env, argv, tmp_path):
     sandbox = Sandbox(tmp_path)
@@ -318,6 +334,8 @@ def test_documented_command(env, argv, tmp_path):
         check_torchrun(sandbox, env, rest)
     elif program == "pip":
         check_pip(rest)
+    elif program == "apt-get":
+        check_apt(rest)
     elif program == "wait":
         assert not rest
     else:
