@@ -76,20 +76,20 @@ BUDGETS = {
 # tuned-fast 1.0, as in our preset. "why" is printed in the table; the measured part is filled in after a run.
 FM_SHARED = dict(batch=128, ep_steps=50, epochs=12)
 BUDGETS_FM = {
-    "fast_meta": dict(FM_SHARED, fast_k=5, why="Fast-5 as our preset, on the shared budget; measured: TODO"),
-    "fast_meta_reptile": dict(FM_SHARED, fast_k=5, why="as fast_meta, Reptile instead of MAML; measured: TODO"),
-    "fast": dict(FM_SHARED, fast_k=5, why="as fast_meta, no meta-learning; measured: TODO"),
+    "fast_meta": dict(FM_SHARED, fast_k=5, why="Fast-5 as our preset, on the shared budget; not yet measured side by side"),
+    "fast_meta_reptile": dict(FM_SHARED, fast_k=5, why="as fast_meta, Reptile instead of MAML; not yet measured side by side"),
+    "fast": dict(FM_SHARED, fast_k=5, why="as fast_meta, no meta-learning; not yet measured side by side"),
     "deepinv": dict(FM_SHARED, g_steps=50,
                     why="our preset's 50 steps at lr_g 1.0 (fewer leave the images far from the teacher's BN "
-                        "statistics); chosen so that it learns on at least one side; measured: TODO"),
+                        "statistics); chosen so that it learns on at least one side; not yet measured side by side"),
     "cmi": dict(FM_SHARED, g_steps=20, why="our preset's 20 steps; chosen so that it learns on at least one side; "
-                                           "measured: TODO"),
+                                           "not yet measured side by side"),
     "dafl": dict(FM_SHARED, why="the shared budget; the published 5 KD steps per generator step leave 200 "
-                                "generator steps; measured: TODO"),
+                                "generator steps; not yet measured side by side"),
     "zskt": dict(FM_SHARED, why="the shared budget; 200 generator steps (published 5 KD steps each); "
-                                "measured: TODO"),
+                                "not yet measured side by side"),
     "dfq": dict(FM_SHARED, why="the shared budget; 100 generator steps (published 10 KD steps each); "
-                               "measured: TODO"),
+                               "not yet measured side by side"),
 }
 DATASET_BUDGETS = {"digits": BUDGETS, "fashion_mnist": BUDGETS_FM}
 GENERATIVE = ("dafl", "zskt", "dfq")
