@@ -27,7 +27,6 @@ and the exit status is 0 when every kill was resumed, the end is identical and n
 more than one epoch. The run folders stay in --workdir (default: a new temporary folder).
 """
 import argparse
-import json
 import os
 import random
 import signal

@@ -3,7 +3,6 @@ import csv
 import io
 import os
 import shutil
-import sys
 import types
 
 import pytest
