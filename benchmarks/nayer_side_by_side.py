@@ -10,7 +10,8 @@ its epochs are its seconds per epoch.
 
     python benchmarks/nayer_side_by_side.py --nayer /work/ext/NAYER --workdir runs/nayer_sbs --out sbs.json
 
-``--side ours`` or ``--side original`` runs one side only. The original side runs NAYER's own
+``--side ours`` or ``--side original`` runs one side only; each side's result is merged into the seed's
+``summary.json``, so two ``--side`` runs may share a workdir at once (two lanes). The original side runs NAYER's own
 ``datafree_kd.py`` (its ``main``, its synthesizer, its KD loop, its evaluation), imported from the
 ``--nayer`` checkout, which is only read. What the harness changes around it, in its own process:
 
@@ -28,8 +29,14 @@ its epochs are its seconds per epoch.
   checkpoints/pretrained/cifar10_<teacher>.pth and the embedding at label_embedding/cifar10_le.pickle
   of the side's folder. Its own synthesis augmentation (crop and flip) is left as it is.
 
+``--versus configs/fashion_mnist/fast5.yaml`` adds a third side, "versus": our run of another preset (Fast-5)
+on the same teacher, seed and data, in fp32 as the NAYER sides, for NAYER against it at the same time. Its
+row gives its best top-1 at its own end, its CPU seconds, and its best top-1 among the epochs it finished
+within the CPU seconds our NAYER run took (both read from our runs' per-epoch records); ``--versus_epochs``
+sets its schedule (a full schedule of about NAYER's time is the fair one).
+
 The summary (stdout, and ``--out``): each side's top-1 after every epoch (NAYER's code evaluates
-nothing in its warm-up epochs: 0 there), best top-1, CPU seconds per epoch, the budget and both commands.
+nothing in its warm-up epochs: 0 there), best top-1, CPU seconds per epoch, the budget and the commands.
 """
 import argparse
 import importlib.util
@@ -59,6 +66,7 @@ ALIAS = "cifar10"    # the name NAYER's code builds a 32x32 generator for
 # (fast_meta.py, tiny_imagenet.py, utils/vis.py): empty stand-ins where they are not installed.
 IMPORT_ONLY = ("xlsxwriter", "pandas", "seaborn")
 DATASETS = ("digits", "fashion_mnist")
+SIDES = ("ours", "original", "versus")
 
 
 def read_budget(config, overrides):
@@ -92,6 +100,28 @@ def our_command(budget, a, output, embedding):
     for key in BUDGET:
         cmd += [f"--{key}", str(budget[key])]
     return cmd + shlex.split(a.ours_args)
+
+
+def versus_command(a, output):
+    """datafree_kd.py on the --versus preset, with this comparison's teacher, seed, data and fp32."""
+    cmd = [sys.executable, os.path.join(a.ours_root, "datafree_kd.py"), "--config", a.versus, "--teacher", a.teacher,
+           "--student", a.student, "--teacher_ckpt", a.teacher_ckpt, "--output", output, "--gpu", "-1",
+           "--seed", str(a.seed), "--precision", "fp32"]
+    if a.data_root:
+        cmd += ["--data_root", a.data_root]
+    if a.versus_epochs:
+        cmd += ["--epochs", str(a.versus_epochs)]
+    return cmd
+
+
+def our_cpu_curve(output):
+    """In-process CPU seconds at the end of each epoch of one of our finished runs (its summary's history)."""
+    path = os.path.join(output, "summary.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        summary = json.load(f)
+    return [h["cpu_seconds"] for h in summary["history"]] if summary.get("finished") else None
 
 
 def their_argv(budget, a):
@@ -224,13 +254,15 @@ def run_side(side, cmd, cwd, folder, env):
 
 
 def side_result(side, folder, epochs, cmd):
+    """One finished side: its accuracy per epoch, best, and its whole process's CPU seconds per epoch
+    (``epochs``; None: the epochs it ran)."""
     record = read_cpu(folder, side)
     cpu = None if record is None else record["cpu_seconds"]
-    result = {"command": shlex.join(cmd), "cpu_seconds_per_epoch": None if cpu is None else cpu / epochs}
-    if side == "ours":
-        ours = read_ours(os.path.join(folder, "ours"))
+    result = {"command": shlex.join(cmd)}
+    if side in ("ours", "versus"):
+        ours = read_ours(os.path.join(folder, side))
         if ours is not None:
-            result.update(acc=ours["acc"], best=ours["best"])
+            result.update(acc=ours["acc"], best=ours["best"], cpu_curve=our_cpu_curve(os.path.join(folder, side)))
     else:
         path = os.path.join(folder, "original.json")
         if os.path.isfile(path):
@@ -238,6 +270,8 @@ def side_result(side, folder, epochs, cmd):
                 result.update(json.load(f))
     if "acc" not in result:
         result["error"] = f"no result: see {os.path.join(folder, side + '.log')}"
+    result["cpu_seconds_per_epoch"] = None if cpu is None or not (epochs or result.get("acc")) else \
+        cpu / (epochs or len(result["acc"]))
     return result
 
 
@@ -247,7 +281,8 @@ def main(argv=None):
                    help="a checkout of tmtuan1307/NAYER, only read (or $NAYER_ROOT); needed for the original side")
     p.add_argument("--harness", default=DEFAULT_HARNESS,
                    help="folder of run_upstream.py, digits.py, fashion_mnist.py (default: %(default)s)")
-    p.add_argument("--side", default="both", choices=("both", "ours", "original"))
+    p.add_argument("--side", default="both", choices=SIDES + ("both",),
+                   help="the side to run (default: both, and versus when --versus is given)")
     p.add_argument("--dataset", default="digits", choices=DATASETS)
     p.add_argument("--data_root", default=None, help="fashion_mnist: the folder of its IDX files (default: the "
                                                      "Debian package's)")
@@ -271,13 +306,27 @@ def main(argv=None):
     p.add_argument("--ours_root", default=ROOT, help="the checkout of this project to run (default: this one)")
     p.add_argument("--ours_args", default="", help="extra flags for our datafree_kd.py")
     p.add_argument("--original_args", default="", help="extra flags for NAYER's datafree_kd.py")
+    p.add_argument("--versus", default=None, metavar="CONFIG",
+                   help="another preset of ours (e.g. configs/fashion_mnist/fast5.yaml) run on the same seed, teacher and "
+                        "data, in fp32, for NAYER against it at the same CPU time")
+    p.add_argument("--versus_epochs", type=int, default=None, help="the versus run's epochs (default: its preset's)")
     p.add_argument("--out", default=None, help="write the JSON summary here too")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         with open(a.child) as f:
             return run_original(json.load(f))
-    if a.side != "ours" and not (a.nayer and os.path.isfile(os.path.join(a.nayer, "datafree_kd.py"))):
+    if a.side == "versus" and not a.versus:
+        p.error("--side versus needs --versus CONFIG, the preset to run")
+    if a.versus:
+        if not os.path.isfile(a.versus):
+            p.error(f"the --versus preset is not at {a.versus}")
+        with open(a.versus) as f:
+            versus_dataset = (yaml.safe_load(f) or {}).get("dataset")
+        if versus_dataset != a.dataset:
+            p.error(f"--versus {a.versus} is a {versus_dataset} preset; give one for --dataset {a.dataset}")
+        a.versus = os.path.abspath(a.versus)
+    if a.side in ("both", "original") and not (a.nayer and os.path.isfile(os.path.join(a.nayer, "datafree_kd.py"))):
         p.error("the original side needs --nayer, a checkout of tmtuan1307/NAYER")
     for path, what in ((a.teacher_ckpt, "teacher file"), (os.path.join(a.harness, "run_upstream.py"), "harness")):
         if not os.path.exists(path):
@@ -336,6 +385,21 @@ def run_seed(a, budget, seed):
             run_side("original", cmd, where, folder, dict(env, PYTHONPATH=""))
             summary["original"] = side_result("original", folder, budget["epochs"], cmd)
             summary["original"]["argv"] = shlex.join(spec["argv"])
+    if a.versus and a.side in ("both", "versus"):
+        cmd = versus_command(a, os.path.join(folder, "versus"))
+        if finished(previous.get("versus"), cmd):
+            summary["versus"] = previous["versus"]
+        else:
+            shutil.rmtree(os.path.join(folder, "versus"), ignore_errors=True)
+            run_side("versus", cmd, a.ours_root, folder, env)
+            summary["versus"] = side_result("versus", folder, None, cmd)
+            summary["versus"]["preset"] = os.path.relpath(a.versus, a.ours_root)
+    if os.path.isfile(path):   # a side run at the same time in another process keeps its result
+        with open(path) as f:
+            latest = json.load(f)
+        for side in SIDES:
+            if side not in summary and latest.get(side) and latest.get("budget") == budget:
+                summary[side] = latest[side]
     with open(path, "w") as f:
         json.dump(summary, f)
     return summary
@@ -373,7 +437,34 @@ def markdown(summaries, a, budget):
         for side in ("ours", "original"):
             row.append("-" if not s.get(side) or not s[side].get("acc") else " ".join(f"{v:.1f}" for v in s[side]["acc"]))
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + versus_lines(summaries)) + "\n"
+
+
+def within(side, seconds):
+    """The best top-1 of one of our sides over the epochs it finished within ``seconds`` of CPU (None: none)."""
+    reached = [acc for acc, cpu in zip(side["acc"], side["cpu_curve"]) if cpu <= seconds]
+    return max(reached) if reached else None
+
+
+def versus_lines(summaries):
+    """NAYER (ours) against the --versus run at the same CPU time, per seed and as mean ± SE."""
+    rows = [s for s in summaries if s.get("versus", {}).get("cpu_curve") and s.get("ours", {}).get("cpu_curve")]
+    if not rows:
+        return []
+    preset = rows[0]["versus"].get("preset", "versus")
+    table = [(s["seed"], s["ours"]["best"], s["ours"]["cpu_curve"][-1], within(s["versus"], s["ours"]["cpu_curve"][-1]),
+              s["versus"]["best"], s["versus"]["cpu_curve"][-1], within(s["ours"], s["versus"]["cpu_curve"][-1]))
+             for s in rows]
+    lines = ["", f"NAYER (ours) against {preset} at the same CPU time (in-process CPU seconds of our runs, fp32); "
+                 "'within' is the best top-1 of the epochs finished in the other run's CPU seconds:", "",
+             "| seed | NAYER best | NAYER CPU s | versus within NAYER's CPU s | versus best | versus CPU s "
+             "| NAYER within versus's CPU s |", "|---|---|---|---|---|---|---|"]
+    cell = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for seed, nb, nc, vw, vb, vc, nw in table:
+        lines.append(f"| {seed} | {nb:.2f} | {nc:.0f} | {cell(vw, '.2f')} | {vb:.2f} | {vc:.0f} | {cell(nw, '.2f')} |")
+    stats = [mean_se(v for v in column if v is not None) for column in zip(*table)]
+    lines.append("| mean | " + " | ".join(fmt_stat(st) for st in stats[1:]) + " |")
+    return lines
 
 
 def summary_line(summaries):
