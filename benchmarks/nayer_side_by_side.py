@@ -366,6 +366,7 @@ def run_seed(a, budget, seed):
         cmd = our_command(budget, a, os.path.join(folder, "ours"), embedding)
         if finished(previous.get("ours"), cmd):
             summary["ours"] = previous["ours"]
+            summary["ours"].setdefault("cpu_curve", our_cpu_curve(os.path.join(folder, "ours")))  # older summaries
         else:
             shutil.rmtree(os.path.join(folder, "ours"), ignore_errors=True)
             run_side("ours", cmd, a.ours_root, folder, env)

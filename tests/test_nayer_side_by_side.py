@@ -108,3 +108,45 @@ def test_seeds_table_gives_mean_se_and_the_paired_difference():
     for summary, best in zip(summaries, (55.0, 57.0, 58.0)):    # differences -3, -3, -3: behind, SE 0
         summary["ours"]["best"] = best
     assert sbs.summary_line(summaries).endswith("= -3.00 (SE 0.00): behind by more than one SE")
+
+
+def test_versus_rows_compare_at_the_same_cpu_seconds():
+    def ours(acc, curve):
+        return {"acc": acc, "best": max(acc), "cpu_curve": curve, "cpu_seconds_per_epoch": 1.0, "command": "c"}
+
+    # NAYER ends at 300 s; the versus run finished its first two epochs (40, 70) within them, at 280 s
+    summaries = [{"seed": 0, "ours": ours([30.0, 80.0, 85.0], [100.0, 200.0, 300.0]),
+                  "versus": dict(ours([40.0, 70.0, 75.0, 90.0], [90.0, 280.0, 310.0, 400.0]), preset="fast5.yaml")},
+                 {"seed": 1, "ours": ours([20.0, 70.0, 81.0], [100.0, 200.0, 310.0]),
+                  "versus": dict(ours([50.0, 60.0], [200.0, 305.0]), preset="fast5.yaml")}]
+    table = sbs.markdown(summaries, SimpleNamespace(dataset="fashion_mnist", label_embedding="hash"), {"epochs": 3})
+    assert "against fast5.yaml at the same CPU time" in table
+    # seed 0: versus within 300 s -> 70; NAYER within versus's 400 s -> 85
+    assert "| 0 | 85.00 | 300 | 70.00 | 90.00 | 400 | 85.00 |" in table
+    # seed 1: versus within 310 s -> 60 (305 <= 310); NAYER within 305 s -> 70 (its third epoch ends at 310)
+    assert "| 1 | 81.00 | 310 | 60.00 | 60.00 | 305 | 70.00 |" in table
+    assert "| mean | 83.00 ± 2.00 | 305.00 ± 5.00 | 65.00 ± 5.00 | 75.00 ± 15.00 |" in table
+    assert sbs.within(summaries[0]["versus"], 80.0) is None
+
+
+def test_a_side_run_at_the_same_time_elsewhere_keeps_its_result(tmp_path, monkeypatch):
+    """Two lanes (--side ours and --side original) write the same seed's summary: neither loses the other's."""
+    budget = sbs.read_budget(sbs.DEFAULT_CONFIG, {})
+    a = options(workdir=str(tmp_path), side="ours", rerun=False, versus=None, nayer="n", harness="h")
+    folder = tmp_path / "digits-seed3"
+    folder.mkdir()
+    original = {"command": "theirs", "acc": [50.0], "best": 50.0, "argv": "x"}
+
+    def run_side(side, cmd, cwd, where, env):
+        if side == "ours":    # meanwhile the other lane finished the original side
+            with open(folder / "summary.json", "w") as f:
+                json.dump({"seed": 3, "budget": budget, "original": original}, f)
+        return 0
+
+    monkeypatch.setattr(sbs, "run_side", run_side)
+    monkeypatch.setattr(sbs, "side_result", lambda side, *args: {"command": "ours", "acc": [60.0], "best": 60.0})
+    summary = sbs.run_seed(a, budget, 3)
+    with open(folder / "summary.json") as f:
+        written = json.load(f)
+    assert summary["ours"]["best"] == written["ours"]["best"] == 60.0
+    assert written["original"] == original
