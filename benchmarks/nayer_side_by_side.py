@@ -366,7 +366,6 @@ def run_seed(a, budget, seed):
         cmd = our_command(budget, a, os.path.join(folder, "ours"), embedding)
         if finished(previous.get("ours"), cmd):
             summary["ours"] = previous["ours"]
-            summary["ours"].setdefault("cpu_curve", our_cpu_curve(os.path.join(folder, "ours")))  # older summaries
         else:
             shutil.rmtree(os.path.join(folder, "ours"), ignore_errors=True)
             run_side("ours", cmd, a.ours_root, folder, env)
@@ -401,6 +400,9 @@ def run_seed(a, budget, seed):
         for side in SIDES:
             if side not in summary and latest.get(side) and latest.get("budget") == budget:
                 summary[side] = latest[side]
+    for side in ("ours", "versus"):   # summaries written before the CPU curve was kept
+        if summary.get(side) and "cpu_curve" not in summary[side]:
+            summary[side]["cpu_curve"] = our_cpu_curve(os.path.join(folder, side))
     with open(path, "w") as f:
         json.dump(summary, f)
     return summary
