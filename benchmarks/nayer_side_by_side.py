@@ -114,16 +114,6 @@ def versus_command(a, output):
     return cmd
 
 
-def our_cpu_curve(output):
-    """In-process CPU seconds at the end of each epoch of one of our finished runs (its summary's history)."""
-    path = os.path.join(output, "summary.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        summary = json.load(f)
-    return [h["cpu_seconds"] for h in summary["history"]] if summary.get("finished") else None
-
-
 def their_argv(budget, a):
     """The arguments of NAYER's datafree_kd.py for the budget (its own flag names)."""
     argv = ["--method", "nayer", "--dataset", ALIAS, "--teacher", a.teacher, "--student", a.student,
@@ -262,7 +252,7 @@ def side_result(side, folder, epochs, cmd):
     if side in ("ours", "versus"):
         ours = read_ours(os.path.join(folder, side))
         if ours is not None:
-            result.update(acc=ours["acc"], best=ours["best"], cpu_curve=our_cpu_curve(os.path.join(folder, side)))
+            result.update(acc=ours["acc"], best=ours["best"], cpu_curve=ours["cpu_curve"])
     else:
         path = os.path.join(folder, "original.json")
         if os.path.isfile(path):
@@ -402,7 +392,7 @@ def run_seed(a, budget, seed):
                 summary[side] = latest[side]
     for side in ("ours", "versus"):   # summaries written before the CPU curve was kept
         if summary.get(side) and "cpu_curve" not in summary[side]:
-            summary[side]["cpu_curve"] = our_cpu_curve(os.path.join(folder, side))
+            summary[side]["cpu_curve"] = (read_ours(os.path.join(folder, side)) or {}).get("cpu_curve")
     with open(path, "w") as f:
         json.dump(summary, f)
     return summary

@@ -247,7 +247,9 @@ def read_ours(output):
         return None
     history = summary["history"]
     return {"acc": [h["acc1"] for h in history], "best": summary["best_acc1"],
-            "wall_seconds_per_epoch": summary["wall_seconds"] / len(history)}
+            "wall_seconds_per_epoch": summary["wall_seconds"] / len(history),
+            # in-process CPU seconds at each epoch's end (None for runs that did not record them)
+            "cpu_curve": [h["cpu_seconds"] for h in history] if all("cpu_seconds" in h for h in history) else None}
 
 
 def read_original(out, method):
