@@ -150,3 +150,24 @@ def test_a_side_run_at_the_same_time_elsewhere_keeps_its_result(tmp_path, monkey
         written = json.load(f)
     assert summary["ours"]["best"] == written["ours"]["best"] == 60.0
     assert written["original"] == original
+
+
+def test_a_finished_side_is_kept_when_the_table_runs_from_another_checkout(tmp_path, monkeypatch):
+    """The original side's command names this script's path; only its arguments decide whether to rerun."""
+    budget = sbs.read_budget(sbs.DEFAULT_CONFIG, {})
+    a = options(workdir=str(tmp_path), side="original", rerun=False, versus=None, nayer="n", harness="h")
+    folder = tmp_path / "digits-seed3"
+    folder.mkdir()
+    (folder / "original").mkdir()
+    (folder / "original" / "run.log").write_text("kept")
+    spec = os.path.join(folder, "original.spec.json")
+    elsewhere = ["/other/python", "/other/checkout/benchmarks/nayer_side_by_side.py", "--child", spec]
+    kept = {"command": shlex.join(elsewhere), "acc": [50.0], "best": 50.0, "argv": shlex.join(sbs.their_argv(budget, a))}
+    with open(folder / "summary.json", "w") as f:
+        json.dump({"seed": 3, "budget": budget, "original": kept}, f)
+    monkeypatch.setattr(sbs, "run_side", lambda side, *args: 0 if side == "embedding" else pytest.fail(f"{side} rerun"))
+    summary = sbs.run_seed(a, budget, 3)
+    assert summary["original"] == kept
+    assert (folder / "original" / "run.log").read_text() == "kept"
+    assert not sbs.finished(kept, elsewhere[:2] + ["--child", spec + ".other"])
+    assert not sbs.finished(dict(kept, best=None), elsewhere)
