@@ -56,7 +56,8 @@ ROOT = os.path.dirname(HERE)
 DEFAULT_HARNESS = os.path.join(os.path.dirname(ROOT), "shared", "upstream_bench")
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "digits", "nayer.yaml")
 sys.path.insert(0, HERE)
-from side_by_side import fmt_stat, finish_process, mean_se, read_cpu, read_ours, start_process  # noqa: E402
+from side_by_side import (fmt_stat, finish_process, mean_se, read_cpu, read_ours, same_arguments,  # noqa: E402
+                          start_process)
 
 # The flags of one budget, the same on both sides (kd_steps: KD steps per epoch, NAYER's meaning).
 BUDGET = ("epochs", "warmup", "batch_size", "synthesis_batch_size", "kd_steps", "lr", "T", "g_steps", "lr_g", "adv",
@@ -399,10 +400,8 @@ def run_seed(a, budget, seed):
 
 
 def finished(side, cmd):
-    """A kept side with a result and the same arguments; the interpreter and the script's path (which checkout
-    runs the table) are not compared, so running from another checkout keeps what is there."""
-    return (bool(side) and side.get("best") is not None
-            and shlex.split(side.get("command") or "")[2:] == [str(token) for token in cmd[2:]])
+    """A kept side with a result, run with ``cmd``'s arguments (from whichever checkout)."""
+    return bool(side) and side.get("best") is not None and same_arguments(side.get("command"), cmd)
 
 
 def markdown(summaries, a, budget):

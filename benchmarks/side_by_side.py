@@ -317,11 +317,17 @@ def finish_process(proc, side, folder):
     return proc.returncode
 
 
+def same_arguments(recorded, cmd):
+    """Whether a recorded command line (``shlex.join``-ed) gave ``cmd``'s arguments; the interpreter and the
+    script's path (which checkout ran it) are not compared."""
+    return shlex.split(recorded or "")[2:] == list(cmd[2:])
+
+
 def warn_if_other_command(label, side, folder, cmd):
     path = os.path.join(folder, f"{side}.command")
     if os.path.isfile(path):
         with open(path) as f:
-            if f.read().strip() != shlex.join(cmd):
+            if not same_arguments(f.read(), cmd):
                 print(f"[{label}] {side}: kept a finished run made with another command (--rerun to run it anew)",
                       flush=True)
 

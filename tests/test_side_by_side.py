@@ -373,3 +373,13 @@ def test_options_seeds_and_per_dataset_defaults(tmp_path, monkeypatch):
         assert sbs.parse_options(without_teacher + ["--dataset", "fashion_mnist"]).data_root == sbs.FASHION_MNIST_ROOT
     with pytest.raises(SystemExit):     # a missing teacher file: refused before anything runs
         sbs.parse_options(without_teacher + ["--teacher_ckpt", str(tmp_path / "none.pth")])
+
+
+def test_a_kept_run_warns_only_when_its_arguments_differ(tmp_path, capsys):
+    """The interpreter and the script's path (which checkout ran it) do not count as another command."""
+    cmd = [sys.executable, os.path.join(ROOT, "datafree_kd.py"), "--method", "fast_meta", "--seed", "0"]
+    (tmp_path / "ours.command").write_text(shlex.join(["/other/python", "/other/datafree_kd.py", *cmd[2:]]) + "\n")
+    sbs.warn_if_other_command("fast_meta seed 0", "ours", str(tmp_path), cmd)
+    assert capsys.readouterr().out == ""
+    sbs.warn_if_other_command("fast_meta seed 0", "ours", str(tmp_path), cmd[:-1] + ["1"])
+    assert "kept a finished run made with another command" in capsys.readouterr().out
