@@ -1,7 +1,7 @@
 """Every shell command of README.md and docs/*.md works: the docs cannot rot.
 
 The commands are read from the Markdown's fenced ``bash``/``sh`` blocks (continuation lines
-joined, comments dropped, ``&&``, ``;`` and a trailing ``&`` splitting a line into commands,
+joined, comments dropped, ``&&``, ``;``, ``|`` and a trailing ``&`` splitting a line into commands,
 ``NAME=value`` prefixes taken as environment). Each one is checked by the rule for its program:
 
 - ``python datafree_kd.py | train_scratch.py | vanilla_kd.py ...``: parsed by the script's own
@@ -22,6 +22,9 @@ joined, comments dropped, ``&&``, ``;`` and a trailing ``&`` splitting a line in
 - ``pip install -r FILE ...``: the files exist and every requirement is installed;
   ``pip install -e .``: pyproject.toml names modules and packages that exist.
 - ``python -m pytest ...``: collected with ``--collect-only`` (running it is running this suite).
+- ``python scripts/compare_runs.py SUBCOMMAND ...``: the subcommand and every flag are in its ``--help``
+  (it runs whole trainings).
+- ``git worktree | diff | apply``: only these; the files a ``git diff ... -- FILES`` names exist.
 - Commands whose full run another test does (``COVERED_ELSEWHERE``): ``--help`` for a Python
   script, ``bash -n`` for a shell script.
 
@@ -99,7 +102,7 @@ def split_commands(line):
     lexer.commenters = "#"
     commands, current = [], []
     for token in list(lexer) + [";"]:
-        if token in ("&&", ";", "&", "||"):
+        if token in ("&&", ";", "&", "||", "|"):
             if current:
                 env = {}
                 while current and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", current[0]):
@@ -240,6 +243,10 @@ def check_python(sandbox, env, argv, parse_only=False):
             check_python(sandbox, env, cell[1:], parse_only=True)
     elif script.startswith("examples/"):
         sandbox.run([sys.executable, script, *rest, *TINY[script]], env)
+    elif script == "scripts/compare_runs.py":     # runs whole trainings: its subcommand and flags exist
+        usage = sandbox.run([sys.executable, script, rest[0], "--help"], env)
+        for flag in (token for token in rest if token.startswith("--")):
+            assert flag in usage, f"compare_runs.py {rest[0]} has no {flag}"
     else:
         raise AssertionError(f"no rule checks 'python {script}'; add one to tests/test_docs.py")
 
@@ -312,6 +319,16 @@ def check_pip(argv):
                         pytest.fail(f"{name} requires {requirement}, which is not installed")
 
 
+def check_git(argv):
+    """The documented git commands: a worktree, a diff of named project files, and applying it."""
+    if argv[:1] == ["-C"]:
+        argv = argv[2:]
+    assert argv and argv[0] in ("worktree", "diff", "apply"), f"no rule for git {shlex.join(argv)}"
+    if argv[0] == "diff" and "--" in argv:
+        for path in argv[argv.index("--") + 1:]:
+            assert os.path.exists(os.path.join(ROOT, path)), f"git diff names {path}, which the project lacks"
+
+
 def check_apt(argv):
     """A documented package install is one that .ci/run installs too (so CI has what the docs need)."""
     packages = [a for a in argv[1:] if not a.startswith("-")]
@@ -336,6 +353,8 @@ def test_documented_command(env, argv, tmp_path):
         check_pip(rest)
     elif program == "apt-get":
         check_apt(rest)
+    elif program == "git":
+        check_git(rest)
     elif program == "wait":
         assert not rest
     else:
@@ -351,6 +370,7 @@ def test_commands_are_found_and_split():
     env, argv = split_commands("OMP_NUM_THREADS=1 python a.py --rows A B &  # comment")[0]
     assert env == {"OMP_NUM_THREADS": "1"} and argv == ["python", "a.py", "--rows", "A", "B"]
     assert [a for _, a in split_commands("wait; python b.py")] == [["wait"], ["python", "b.py"]]
+    assert [a for _, a in split_commands("git diff -- a | git apply")] == [["git", "diff", "--", "a"], ["git", "apply"]]
 
 
 def test_readme_is_short_and_keeps_the_ci_commands():
