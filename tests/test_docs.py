@@ -246,7 +246,8 @@ def check_python(sandbox, env, argv, parse_only=False):
     elif script == "scripts/compare_runs.py":     # runs whole trainings: its subcommand and flags exist
         usage = sandbox.run([sys.executable, script, rest[0], "--help"], env)
         for flag in (token for token in rest if token.startswith("--")):
-            assert flag in usage, f"compare_runs.py {rest[0]} has no {flag}"
+            whole_flag = rf"(?<![\w-]){re.escape(flag)}(?![\w-])"     # --out must not pass as a part of --output
+            assert re.search(whole_flag, usage), f"compare_runs.py {rest[0]} has no {flag}"
     else:
         raise AssertionError(f"no rule checks 'python {script}'; add one to tests/test_docs.py")
 
