@@ -103,6 +103,18 @@ class TableSpec:
                         out.append(Cell(row, teacher, student, seed, folder))
         return out
 
+    def rows_named(self, names):
+        """The names of the rows that ``names`` pick: a row's name or its folder (slug), any case."""
+        lookup = {}
+        for row in self.rows:
+            lookup[row.name.lower()] = row.name
+            lookup[row.slug] = row.name
+        unknown = [n for n in names if n.lower() not in lookup]
+        if unknown:
+            raise ValueError(f"unknown rows {', '.join(unknown)}; give a row's name or its folder: "
+                             + ", ".join(f"{r.name} ({r.slug})" for r in self.rows))
+        return {lookup[n.lower()] for n in names}
+
     def cells_of(self, row, teacher, student):
         """The cells that give the value of (row, pair): a per-teacher row shares its runs."""
         return [c for c in self.cells() if c.row is row and c.teacher == teacher

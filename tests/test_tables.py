@@ -303,6 +303,27 @@ def test_runner_marks_a_failing_cell_and_goes_on(tmp_path, monkeypatch, capsys):
     assert "2 cell(s) failed" in capsys.readouterr().err
 
 
+def test_rows_are_picked_by_name_or_folder_in_any_case(tmp_path, monkeypatch):
+    """--rows takes what the user sees: the spec's row name or the row's folder under the root."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.replace("seeds: [0, 1]", "seeds: [0]"))
+    runner = load_runner()
+    outputs = []
+
+    def fake_subprocess_run(cmd, cwd, stdout, stderr):
+        outputs.append(cmd[cmd.index("--output") + 1])
+        fake_run(outputs[-1], [50.0, 70.0], synthesis=2.0)
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_subprocess_run)
+    root = str(tmp_path / "runs")
+    assert runner.main([str(path), "--root", root, "--rows", "deepinv-2k", "FAST-5"]) == 0
+    assert sorted(os.path.relpath(o, root).split(os.sep)[0] for o in outputs) == ["deepinv-2k", "deepinv-2k",
+                                                                                     "fast-5", "fast-5"]
+    with pytest.raises(UsageError, match=r"unknown rows fast5; give a row's name or its folder: .*Fast-5 \(fast-5\)"):
+        runner.main([str(path), "--root", root, "--rows", "fast5"])
+
+
 def test_ssd_ablation_rows_differ_only_in_what_they_ablate(monkeypatch):
     """configs/tables/digits_ssd_ablation.yaml: Fast-2 and the SSD-KD rows share the budget that makes
     them comparable (40 epochs, models, rates, teacher file); each ablation row changes one SSD flag."""

@@ -35,7 +35,7 @@ def build_parser():
                              "then use --collect_only)")
     parser.add_argument("--collect_only", action="store_true", help="run nothing; write the table from the run folders")
     parser.add_argument("--rows", nargs="+", default=None, metavar="NAME",
-                        help="only run these rows (the table still lists every row)")
+                        help="only run these rows, by name or folder, any case (the table still lists every row)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the cells (default: this one)")
     return parser
 
@@ -69,9 +69,10 @@ def main(argv=None):
     spec = load_spec(os.path.abspath(args.spec), root)
     os.chdir(spec.project)
     if args.rows:
-        unknown = sorted(set(args.rows) - {r.name for r in spec.rows})
-        if unknown:
-            raise UsageError(f"unknown rows {', '.join(unknown)}; the rows are: {', '.join(r.name for r in spec.rows)}")
+        try:
+            args.rows = spec.rows_named(args.rows)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     failed = 0
     if not args.collect_only:
         for cell in spec.cells():
