@@ -211,6 +211,24 @@ def test_digits_data_free_rows_share_one_budget(spec_path, epochs, monkeypatch):
         "cmi", "dafl", "deepinv", "dfad", "dfq", "fast_meta", "fast_meta", "fast_meta", "nayer", "ssd", "zskt"]
 
 
+@pytest.mark.parametrize("variant, differs_in", [("configs/tables/fashion_mnist_fp32.yaml", {"precision"}),
+                                                  ("configs/tables/fashion_mnist_dfad.yaml", {"epochs", "adv"})])
+def test_fashion_mnist_variant_tables_change_only_what_they_name(variant, differs_in, monkeypatch):
+    """A variant table's row resolves to the main table's row of the same preset, but for the keys it names."""
+    monkeypatch.chdir(REPO)
+    main = load_spec("configs/tables/fashion_mnist.yaml", root="unused")
+    spec = load_spec(variant, root="unused")
+    table = {c.row.config: vars(datafree_kd.parse_args(main.command(c)[2:]))
+             for c in main.cells() if c.row.config and c.seed == 0}
+    changed = set()
+    for cell in (c for c in spec.cells() if c.seed == 0):
+        args = vars(datafree_kd.parse_args(spec.command(cell)[2:]))
+        differ = {k for k in args if k != "output" and args[k] != table[cell.row.config][k]}
+        assert differ == set(cell.row.args), (cell.row.name, differ)
+        changed |= differ
+    assert changed == differs_in
+
+
 def test_wall_speed_up_and_budget_from_what_the_run_did(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC.replace("reference_row: DeepInv-2k", "reference_row: DeepInv-2k\nspeed_up_of: wall")
