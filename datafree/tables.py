@@ -273,8 +273,9 @@ def budget_of(summary):
     a = summary.get("args", {})
     if summary.get("script") == "datafree_kd":
         stored = f"; {summary['synthetic_images']:,} images kept" if "synthetic_images" in summary else ""
-        if "kd_steps" in summary:      # what the run did (a method may plan its own epochs: SSD-KD)
-            return (f"{a['method']}: {a['epochs']} ep, {summary['kd_steps']:,} KD steps of {a['batch_size']}; "
+        if "kd_steps" in summary:      # what the run did (a method may plan its own epochs and batches: SSD-KD)
+            batch = summary.get("kd_batch", a["batch_size"])
+            return (f"{a['method']}: {a['epochs']} ep, {summary['kd_steps']:,} KD steps of {batch}; "
                     f"{summary['synthesis_calls']:,} synthesis calls x {a.get('g_steps')} steps{stored}")
         calls = a["ep_steps"] // a["kd_steps"]
         return (f"{a['method']}: {a['epochs']} ep x {a['ep_steps']} KD steps of {a['batch_size']}; "

@@ -45,7 +45,9 @@ def test_runs_and_writes_outputs(teacher_file, method, extra):
     # the warm-up epoch took no KD step: its KD loss is not printed as a number, nor stored as one
     assert "synthesis cost:" in log and "seconds: synthesis=" in log and "kd_loss=none" in log
     assert "kd_loss=nan" not in log
-    history = json.load(open(f"{run}/summary.json"))["history"]
+    summary = json.load(open(f"{run}/summary.json"))
+    assert summary["kd_batch"] == 16                               # --batch_size: Fast's KD batches
+    history = summary["history"]
     assert history[0]["kd_loss"] is None and history[1]["kd_loss"] > 0
 
 

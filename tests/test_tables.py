@@ -239,13 +239,14 @@ def test_wall_speed_up_and_budget_from_what_the_run_did(tmp_path):
     os.makedirs(folder)
     for epoch in range(2):
         record_epoch(folder, epoch=epoch, epochs=2, acc1=60.0, epoch_seconds=4.0, synthesis_seconds=1.0,
-                     kd_steps=3 * (epoch + 1), synthesis_calls=epoch + 2, synthetic_images=126,
+                     kd_steps=3 * (epoch + 1), synthesis_calls=epoch + 2, synthetic_images=126, kd_batch=32,
                      info={"script": "datafree_kd", "args": {"method": "ssd", "epochs": 2, "ep_steps": 20,
                                                              "kd_steps": 20, "batch_size": 128, "g_steps": 5}})
     results, speed = collect(spec)
     assert speed["Fast-5"][0] == pytest.approx(20.0 / 8.0)      # wall hours, not synthesis hours
     fast = next(r for r in results if r["row"] == "Fast-5" and r["pair"] == "wrn40_2-wrn16_1")
-    assert fast["budget"] == "ssd: 2 ep, 6 KD steps of 128; 3 synthesis calls x 5 steps; 126 images kept"
+    # the batch the run drew (SSD-KD: a quarter of --batch_size), not --batch_size
+    assert fast["budget"] == "ssd: 2 ep, 6 KD steps of 32; 3 synthesis calls x 5 steps; 126 images kept"
     path.write_text(SPEC.replace("reference_row: DeepInv-2k", "reference_row: DeepInv-2k\nspeed_up_of: kd"))
     with pytest.raises(UsageError, match="speed_up_of must be one of synthesis, wall"):
         load_spec(str(path))
