@@ -205,7 +205,7 @@ def test_methods_that_would_drift_are_refused_under_torchrun(monkeypatch):
 SSD_FLAGS = ["--method", "ssd", "--dataset", "digits", "--teacher", "resnet8", "--student", "probe_gn", "--gpu", "-1",
              "--batch_size", "16", "--synthesis_batch_size", "16", "--ssd_buffer_size", "24", "--ssd_kd_passes", "2", "--ssd_kd_batch", "16",
              "--ssd_replace", "0.25", "--g_steps", "1", "--lr", str(LR), "--T", str(T), "--bn", "1", "--oh", "1",
-             "--adv", "1", "--bn_mmt", "0.9", "--lr_g", "1e-3", "--lr_z", "0.01", "--seed", "3"]
+             "--adv", "1", "--bn_mmt", "0.9", "--lr_g", "1e-3", "--lr_z", "0.01", "--seed", "3", "--ssd_sampling", "policy"]
 SSD_RUN = "checkpoints/datafree-ssd/digits-resnet8-probe_gn"
 
 
@@ -234,6 +234,7 @@ def test_torchrun_ssd_each_rank_its_buffer_and_policy(teacher_file, in_tmp_cwd, 
     assert not torch.equal(pool_images(SSD_RUN, 0), pool_images(SSD_RUN, 1))
     summary = json.load(open(f"{SSD_RUN}/summary.json"))
     assert summary["synthetic_images"] == 24 and summary["kd_steps"] == 6 and summary["synthesis_calls"] == 3
+    assert summary["kd_batch"] == 16                     # --ssd_kd_batch 16: 8 images a step on each process
 
     # two processes resume their own buffers; one process is refused (bounded buffers are not re-sharded)
     torchrun([os.path.join(ROOT, "tests", "dist_probe.py"), "probe2", *SSD_FLAGS, "--epochs", "3", "--resume"],

@@ -48,7 +48,8 @@ METHODS = {
     "dfq": ["--method", "dfq", "--bn", "1", "--oh", "1", "--adv", "1", "--balance", "1", "--lr_g", "1e-3",
             "--g_steps", "1"],
     "ssd": ["--method", "ssd", "--bn", "1", "--oh", "1", "--adv", "1", "--lr_g", "1e-3", "--lr_z", "0.01",
-            "--g_steps", "2", "--ssd_buffer_size", "24", "--ssd_kd_passes", "2", "--ssd_kd_batch", "16"],
+            "--g_steps", "2", "--ssd_buffer_size", "24", "--ssd_kd_passes", "2", "--ssd_kd_batch", "16",
+            "--ssd_sampling", "policy"],     # the learned policy: the most state to lose in a fault
 }
 ROW = 3 * 32 * 32
 
