@@ -19,8 +19,9 @@ the buffer, not the training set:
   BN term is a batch statistic), ranks the new images of a call, and weighs the per-sample KD
   loss. Each KD step refreshes the difficulty, class and priority of the images it drew from
   its own teacher and student outputs; the diversity follows the buffer's current class counts;
-- KD batches are drawn by priority sampling with importance-sampling weights (exponent beta,
-  rising linearly to 1 over the KD steps) that correct the bias of the draws. The sampling
+- KD batches are drawn uniformly by default (``--ssd_sampling``: the paper's learned policy was below
+  uniform draws on Fashion-MNIST), or by priority sampling with importance-sampling weights (exponent
+  beta, rising linearly to 1 over the KD steps) that correct the bias of the draws. The sampling
   distribution can be a learned policy (``SamplingPolicy``, ssd_policy.py, the paper's reinforcement
   learning): a softmax over features of each stored image, updated by REINFORCE, the reward of a draw
   being the student's progress on that image per unit of its KD weight (its KL before the KD step minus
