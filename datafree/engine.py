@@ -431,7 +431,6 @@ class DataFreeJob(TrainingJob):
         self.stop, self.resume = stop, resume or ResumeHint([], None, None)
         self.guards = {"kd": run.precision.guard, "synthesis": run.synthesizer.precision.guard}
         self.progress, self.at, self.images = progress, None, None
-        self.kd_batch = None         # images per KD step over all processes, read once by totals()
         self.clock = Clock(run.device)
 
     def _stop_signal(self):
@@ -560,11 +559,8 @@ class DataFreeJob(TrainingJob):
         totals = self.totals_
         pool = getattr(self.synthesizer, "pool", None)
         stored = {} if pool is None else {"synthetic_images": sum(distributed.all_gather_ints(len(pool)))}
-        if self.kd_batch is None:    # a method may draw fewer images per KD step than --batch_size (SSD-KD)
-            self.kd_batch = sum(distributed.all_gather_ints(self.synthesizer.sample_batch_size))
         return {"synthesis_seconds": totals.synthesis_seconds, "kd_seconds": totals.kd_seconds,
-                "synthesis_calls": totals.synthesis_calls, "kd_steps": totals.kd_steps, "kd_batch": self.kd_batch,
-                **stored}
+                "synthesis_calls": totals.synthesis_calls, "kd_steps": totals.kd_steps, **stored}
 
     def nonfinite_context(self, epoch, at):
         advice = "" if self.args.on_nonfinite == "skip" else ", or rerun it with --on_nonfinite skip to skip such steps"

@@ -86,8 +86,7 @@ class DataFreeRun:
                               progress=self.progress)
             fit(job, self.student, self.optimizer, self.scheduler, self.data.val_loader, self.device,
                 epochs=args.epochs, run_dir=args.output, logger=logger, start_epoch=self.totals.epoch,
-                best_acc1=self.totals.best_acc1, summary_info=run_summary_info("datafree_kd", args, args.student),
-                task=self.data.task, stop=stop)
+                best_acc1=self.totals.best_acc1, summary_info=self.summary_info(), task=self.data.task, stop=stop)
             log_end(logger, self.data.task, self.totals, args.output)
             if getattr(args, "save_pool", False):
                 save_pool(self.synthesizer.pool, args.save_dir, logger)
@@ -96,6 +95,12 @@ class DataFreeRun:
             if hasattr(self.synthesizer, "pool"):
                 self.synthesizer.pool.close()
         return self.totals.state()
+
+    def summary_info(self):
+        """The run's static facts for summary.json, with the images per KD step over all processes (a
+        method may draw fewer than --batch_size: SSD-KD); every process draws the same share."""
+        return {**run_summary_info("datafree_kd", self.args, self.args.student),
+                "kd_batch": self.synthesizer.sample_batch_size * distributed.get_world_size()}
 
 
 def build_run(args, data, device, teacher=None, student=None, resume_path=None):

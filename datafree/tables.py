@@ -111,7 +111,7 @@ class TableSpec:
             lookup[row.slug] = row.name
         unknown = [n for n in names if n.lower() not in lookup]
         if unknown:
-            raise ValueError(f"unknown rows {', '.join(unknown)}; give a row's name or its folder: "
+            raise UsageError(f"unknown rows {', '.join(unknown)}; give a row's name or its folder: "
                              + ", ".join(f"{r.name} ({r.slug})" for r in self.rows))
         return {lookup[n.lower()] for n in names}
 

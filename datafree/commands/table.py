@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 
-from datafree.errors import UsageError
 from datafree.tables import cell_status, load_spec, write_runner, write_table
 from datafree.utils.cli import run_cli
 
@@ -69,10 +68,7 @@ def main(argv=None):
     spec = load_spec(os.path.abspath(args.spec), root)
     os.chdir(spec.project)
     if args.rows:
-        try:
-            args.rows = spec.rows_named(args.rows)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+        args.rows = spec.rows_named(args.rows)
     failed = 0
     if not args.collect_only:
         for cell in spec.cells():
