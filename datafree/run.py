@@ -20,10 +20,12 @@ from datafree.errors import CheckpointError, UsageError
 from datafree.interrupt import ResumeHint, describe_progress
 from datafree.precision import Precision
 from datafree.synthesis import SYNTHESIZERS, SynthesisConfig, require_task_support
+from datafree.synthesis.flags import METHOD_FLAGS
 from datafree.utils.cli import load_teacher, run_summary_info
 
 # Flags a resume must keep: they shape the saved state (models, image size, the SSD-KD buffer) or what its
-# counters mean (steps per round and per epoch, NAYER's rounds per epoch). The method is checked first.
+# counters mean (steps per round and per epoch, NAYER's rounds per epoch). The method is checked first; a
+# method flag that the run's method does not use shapes nothing (its default may change between versions).
 RESUME_FIXED = ("dataset", "teacher", "student", "img_size", "synthesis_channels", "ssd_buffer_size", "kd_steps",
                 "ep_steps", "ssd_kd_passes", "ssd_kd_batch", "ssd_sampling", "g_loops", "gwp_loops", "le_emb_size")
 
@@ -236,8 +238,9 @@ def check_resume_settings(args, ckpt, path, data):
         raise CheckpointError(f"{path} was written by method '{ckpt.get('method')}', not '{args.method}'; resume "
                               f"with --method {ckpt.get('method')}, or start a new run with another --output")
     saved = ckpt.get("args") or {}
+    unused = {flag for flag in METHOD_FLAGS if flag not in SYNTHESIZERS[args.method].flags}
     for flag in RESUME_FIXED:
-        if flag not in saved:      # a checkpoint of an older version
+        if flag not in saved or flag in unused:      # a checkpoint of an older version; not this method's flag
             continue
         before, now_value = saved[flag], getattr(args, flag)
         if flag == "img_size":     # left out: the data's width

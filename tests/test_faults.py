@@ -448,6 +448,20 @@ def test_resume_mistakes_each_give_one_sentence(teacher_file, monkeypatch):
     assert "download" not in str(err.value)
 
 
+def test_resume_ignores_saved_flags_of_other_methods(teacher_file):
+    """A run of another method resumes although a default of an SSD-KD or NAYER flag changed since it was
+    saved (the --ssd_sampling default went from policy to uniform): those flags shape nothing of its state,
+    and the method refuses them on its command line, so no resume command could match them."""
+    argv = [*FAST_META, *BASE, "--epochs", "1"]
+    datafree_kd.main(argv)
+    last = f"{run_dir('fast_meta')}/last.pth"
+    ckpt = load_checkpoint(last)
+    ckpt["args"].update(ssd_sampling="policy", ssd_buffer_size=7, g_loops=9)
+    atomic_save(ckpt, last)
+    datafree_kd.main([*FAST_META, *BASE, "--epochs", "2", "--resume"])
+    assert len(read_summary(run_dir("fast_meta"))["history"]) == 2
+
+
 def test_ssd_buffer_size_cannot_change_on_resume(teacher_file):
     argv = [*METHODS["ssd"], *BASE, "--epochs", "1"]
     datafree_kd.main(argv)
