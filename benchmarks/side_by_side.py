@@ -82,7 +82,7 @@ BUDGETS_FM = {
     "fast": dict(FM_SHARED, fast_k=5, why="as fast_meta, no meta-learning; not yet measured side by side"),
     "deepinv": dict(FM_SHARED, g_steps=50,
                     why="our preset's 50 steps at lr_g 1.0 (fewer leave the images far from the teacher's BN "
-                        "statistics); chosen so that it learns on at least one side; not yet measured side by side"),
+                        "statistics); it learns on both sides (seeds 0 and 1, docs/side_by_side.md)"),
     "cmi": dict(FM_SHARED, g_steps=20, why="our preset's 20 steps; chosen so that it learns on at least one side; "
                                            "not yet measured side by side"),
     "dafl": dict(FM_SHARED, why="the shared budget; the published 5 KD steps per generator step leave 200 "
