@@ -20,7 +20,7 @@ from datafree.errors import CheckpointError, UsageError
 from datafree.interrupt import ResumeHint, describe_progress
 from datafree.precision import Precision
 from datafree.synthesis import SYNTHESIZERS, SynthesisConfig, require_task_support
-from datafree.synthesis.flags import METHOD_FLAGS
+from datafree.synthesis.flags import flags_not_read
 from datafree.utils.cli import load_teacher, run_summary_info
 
 # Flags a resume must keep: they shape the saved state (models, image size, the SSD-KD buffer) or what its
@@ -238,9 +238,9 @@ def check_resume_settings(args, ckpt, path, data):
         raise CheckpointError(f"{path} was written by method '{ckpt.get('method')}', not '{args.method}'; resume "
                               f"with --method {ckpt.get('method')}, or start a new run with another --output")
     saved = ckpt.get("args") or {}
-    unused = {flag for flag in METHOD_FLAGS if flag not in SYNTHESIZERS[args.method].flags}
+    ignored = flags_not_read(SYNTHESIZERS[args.method].flags)
     for flag in RESUME_FIXED:
-        if flag not in saved or flag in unused:      # a checkpoint of an older version; not this method's flag
+        if flag not in saved or flag in ignored:      # a checkpoint of an older version; another method's flag
             continue
         before, now_value = saved[flag], getattr(args, flag)
         if flag == "img_size":     # left out: the data's width

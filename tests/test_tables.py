@@ -239,9 +239,10 @@ def test_wall_speed_up_and_budget_from_what_the_run_did(tmp_path):
     os.makedirs(folder)
     for epoch in range(2):
         record_epoch(folder, epoch=epoch, epochs=2, acc1=60.0, epoch_seconds=4.0, synthesis_seconds=1.0,
-                     kd_steps=3 * (epoch + 1), synthesis_calls=epoch + 2, synthetic_images=126, kd_batch=32,
-                     info={"script": "datafree_kd", "args": {"method": "ssd", "epochs": 2, "ep_steps": 20,
-                                                             "kd_steps": 20, "batch_size": 128, "g_steps": 5}})
+                     kd_steps=3 * (epoch + 1), synthesis_calls=epoch + 2, synthetic_images=126,
+                     info={"script": "datafree_kd", "kd_batch": 32,    # a static fact of the run, as summary_info
+                           "args": {"method": "ssd", "epochs": 2, "ep_steps": 20, "kd_steps": 20, "batch_size": 128,
+                                    "g_steps": 5}})
     results, speed = collect(spec)
     assert speed["Fast-5"][0] == pytest.approx(20.0 / 8.0)      # wall hours, not synthesis hours
     fast = next(r for r in results if r["row"] == "Fast-5" and r["pair"] == "wrn40_2-wrn16_1")

@@ -49,6 +49,12 @@ def add_method_flags(parser, groups):
     return groups
 
 
+def flags_not_read(flags):
+    """The declared method flags that a method reading ``flags`` ignores: it refuses them on its command
+    line, and a resume does not compare them."""
+    return [name for name in METHOD_FLAGS if name not in flags]
+
+
 def check_declared(method, flags):
     """Stop at import time if a synthesizer names a flag nobody declared."""
     undeclared = sorted(set(flags) - set(METHOD_FLAGS))
