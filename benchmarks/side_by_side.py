@@ -78,8 +78,10 @@ FM_SHARED = dict(batch=128, ep_steps=50, epochs=12)
 BUDGETS_FM = {
     "fast_meta": dict(FM_SHARED, fast_k=5, why="Fast-5 as our preset, on the shared budget; it learns on both sides "
                                                     "(seeds 0-2, docs/side_by_side.md)"),
-    "fast_meta_reptile": dict(FM_SHARED, fast_k=5, why="as fast_meta, Reptile instead of MAML; not yet measured side by side"),
-    "fast": dict(FM_SHARED, fast_k=5, why="as fast_meta, no meta-learning; not yet measured side by side"),
+    "fast_meta_reptile": dict(FM_SHARED, fast_k=5, why="as fast_meta, Reptile instead of MAML; it learns on both "
+                                                            "sides (seed 0, docs/side_by_side.md)"),
+    "fast": dict(FM_SHARED, fast_k=5, why="as fast_meta, no meta-learning; it learns on both sides (seed 0, "
+                                          "docs/side_by_side.md)"),
     "deepinv": dict(FM_SHARED, g_steps=50,
                     why="our preset's 50 steps at lr_g 1.0 (fewer leave the images far from the teacher's BN "
                         "statistics); it learns on both sides (seeds 0 and 1, docs/side_by_side.md)"),
