@@ -212,7 +212,7 @@ def test_digits_data_free_rows_share_one_budget(spec_path, epochs, monkeypatch):
 
 
 @pytest.mark.parametrize("variant, differs_in", [("configs/tables/fashion_mnist_fp32.yaml", {"precision"}),
-                                                  ("configs/tables/fashion_mnist_dfad.yaml", {"epochs", "adv"})])
+                                                  ("configs/tables/fashion_mnist_dfad.yaml", {"epochs", "adv", "lr_g_schedule"})])
 def test_fashion_mnist_variant_tables_change_only_what_they_name(variant, differs_in, monkeypatch):
     """A variant table's row resolves to the main table's row of the same preset, but for the keys it names."""
     monkeypatch.chdir(REPO)

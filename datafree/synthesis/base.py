@@ -180,6 +180,12 @@ class BaseSynthesizer:
         """One KDBatch: a normalised, augmented batch for a KD step."""
         raise NotImplementedError
 
+    def follow_student_lr(self, scale):
+        """Called when each epoch starts with the student's learning rate over its initial one (1.0 before
+        the schedule moves). A method whose synthesis learning rate follows the student's schedule applies
+        ``scale`` here; the others ignore it. Set from the student's optimiser every epoch, so a resumed run
+        gets the same rate without saving any state of its own."""
+
     def epoch_plan(self, epoch):
         """The rounds of ``epoch`` as a list of (synthesis calls, KD steps), run in order (the KD
         steps are skipped in warm-up epochs). Fast's schedule unless a method says otherwise:

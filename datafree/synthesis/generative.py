@@ -1,7 +1,8 @@
 """Generator-based baselines: a generator trained against the teacher, sampled fresh for every KD step.
 
 One module, four registered presets that differ only in their loss terms. Each call takes
-``g_steps`` Adam steps (lr_g, betas 0.5, 0.999) on the generator, each on a fresh z, with
+``g_steps`` Adam steps (lr_g, betas 0.5, 0.999; ``--lr_g_schedule student`` scales lr_g with the
+student's schedule) on the generator, each on a fresh z, with
 
     bn * teacher BN loss + oh * CE(teacher, its own argmax) + act * -mean|teacher features|
   + balance * -entropy(mean teacher prediction) + adv * -D(student, teacher)
@@ -28,10 +29,14 @@ from .flags import TERMS, method_flag
 
 method_flag("act", 0.0, "weight of DAFL's activation term", group=TERMS)
 method_flag("balance", 0.0, "weight of the class-balance term", group=TERMS)
+LR_G_SCHEDULES = ("constant", "student")
+method_flag("lr_g_schedule", "constant", "generator learning rate over the run (dafl, zskt, dfq, dfad): constant "
+                                         "(the Fast-Datafree release) or student (scaled with the student's schedule, "
+                                         "as DFAD's own release does with --scheduler)", choices=LR_G_SCHEDULES)
 
 
 class GenerativeSynthesizer(BaseSynthesizer):
-    flags = frozenset({"adv", "bn", "oh", "act", "balance", "lr_g", "g_steps"})
+    flags = frozenset({"adv", "bn", "oh", "act", "balance", "lr_g", "g_steps", "lr_g_schedule"})
     sampling_is_synthesis = True
     reads_teacher_features = True
     nz = DEFAULT_NZ
@@ -79,6 +84,11 @@ class GenerativeSynthesizer(BaseSynthesizer):
         self.precision.guard.flush()
         self.student.train()
         return {"images": images.detach().float(), **loss_report(loss, terms)}
+
+    def follow_student_lr(self, scale):
+        if self.config.lr_g_schedule == "student":
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.lr_g * scale
 
     @torch.no_grad()
     def sample(self):
