@@ -109,7 +109,7 @@ def make_config(**overrides):
                   ssd_replace_rule="priority", ssd_max_weight=3.0, ssd_min_weight=0.0, ssd_sampling="policy", ssd_policy_lr=0.05,
                   ssd_reward="relative", ssd_policy_init="priority",
                   ssd_phi=1, ssd_kd_passes=0.0, ssd_kd_batch=8, ssd_refresh_every=0, ssd_refresh_share=0.0,
-                  as_original="", lr_g_schedule="constant",
+                  as_original="", lr_g_schedule=None,
                   g_life=10, g_loops=1, gwp_loops=1, le_emb_size=32, label_embedding="hash", clip_model="unused")
     values.update(overrides)
     return SimpleNamespace(**values)
@@ -253,10 +253,14 @@ def test_generative_sampling_counts_as_synthesis():
     assert zskt.kd_loss(KDBatch(torch.zeros(4, 3, 8, 8)), s, t).item() == pytest.approx(kldiv(s, t, T=4.0).item())
 
 
-@pytest.mark.parametrize("schedule, expected", [("constant", [0.01, 0.01, 0.01]), ("student", [0.01, 0.005, 0.001])])
-def test_generator_lr_follows_the_student_schedule_only_when_asked(schedule, expected):
+@pytest.mark.parametrize("method, schedule, expected", [
+    ("dfad", None, [0.01, 0.005, 0.001]),          # DFAD's own: the student's schedule
+    ("dfad", "constant", [0.01, 0.01, 0.01]),      # Fast-Datafree's DFAD
+    ("dafl", None, [0.01, 0.01, 0.01]),            # the other generator methods keep lr_g
+    ("dfq", "student", [0.01, 0.005, 0.001])])
+def test_generator_lr_follows_the_student_schedule_where_the_method_or_flag_says(method, schedule, expected):
     teacher, student = registry.get_model("resnet8", 10).eval(), registry.get_model("resnet8", 10)
-    synth = SYNTHESIZERS["dfad"](teacher, student, strict_config("dfad", lr_g_schedule=schedule, lr_g=0.01),
+    synth = SYNTHESIZERS[method](teacher, student, strict_config(method, lr_g_schedule=schedule, lr_g=0.01),
                                  torch.device("cpu"))
     seen = []
     for scale in (1.0, 0.5, 0.1):

@@ -1,8 +1,8 @@
 """Generator-based baselines: a generator trained against the teacher, sampled fresh for every KD step.
 
 One module, four registered presets that differ only in their loss terms. Each call takes
-``g_steps`` Adam steps (lr_g, betas 0.5, 0.999; ``--lr_g_schedule student`` scales lr_g with the
-student's schedule) on the generator, each on a fresh z, with
+``g_steps`` Adam steps (lr_g, betas 0.5, 0.999; scaled with the student's schedule for dfad, constant for
+the others, ``--lr_g_schedule`` to choose) on the generator, each on a fresh z, with
 
     bn * teacher BN loss + oh * CE(teacher, its own argmax) + act * -mean|teacher features|
   + balance * -entropy(mean teacher prediction) + adv * -D(student, teacher)
@@ -30,9 +30,10 @@ from .flags import TERMS, method_flag
 method_flag("act", 0.0, "weight of DAFL's activation term", group=TERMS)
 method_flag("balance", 0.0, "weight of the class-balance term", group=TERMS)
 LR_G_SCHEDULES = ("constant", "student")
-method_flag("lr_g_schedule", "constant", "generator learning rate over the run (dafl, zskt, dfq, dfad): constant "
-                                         "(the Fast-Datafree release) or student (scaled with the student's schedule, "
-                                         "as DFAD's own release does with --scheduler)", choices=LR_G_SCHEDULES)
+method_flag("lr_g_schedule", None, "generator learning rate over the run (dafl, zskt, dfq, dfad): constant, or student "
+                                   "(lr_g scaled with the student's schedule); default: the method's own, student for "
+                                   "dfad (DFAD's own release, run with --scheduler) and constant for dafl, zskt and dfq "
+                                   "(the Fast-Datafree release)", type=str, choices=LR_G_SCHEDULES)
 
 
 class GenerativeSynthesizer(BaseSynthesizer):
@@ -52,6 +53,7 @@ class GenerativeSynthesizer(BaseSynthesizer):
         self.hooks = register_bn_hooks(teacher) if c.bn > 0 else []
 
     loss_terms = ("oh", "act", "balance", "bn", "adv")
+    lr_g_schedule = "constant"   # the method's own, where --lr_g_schedule is not given
     l1_divergence = False    # DFAD: the generator maximises the L1 distance of the logits, not KL
 
     def generator_loss(self, inputs):
@@ -86,7 +88,7 @@ class GenerativeSynthesizer(BaseSynthesizer):
         return {"images": images.detach().float(), **loss_report(loss, terms)}
 
     def follow_student_lr(self, scale):
-        if self.config.lr_g_schedule == "student":
+        if (self.config.lr_g_schedule or self.lr_g_schedule) == "student":
             for group in self.optimizer.param_groups:
                 group["lr"] = self.config.lr_g * scale
 
@@ -124,6 +126,9 @@ class DFQSynthesizer(GenerativeSynthesizer):
 @register_synthesizer("dfad")
 class DFADSynthesizer(GenerativeSynthesizer):
     l1_divergence = True
+    # DFAD's release steps its generator's lr down with the student's; with a constant lr_g (Fast-Datafree's DFAD)
+    # the generator overpowers the student once the student's lr is low (docs/fashion-mnist.md)
+    lr_g_schedule = "student"
 
     def kd_loss(self, batch, student_logits, teacher_logits):
         return l1_logits(student_logits, teacher_logits)
