@@ -145,7 +145,8 @@ def test_ssd_kd_loss_weights_and_refreshes_drawn_priorities():
     priorities = synth.pool.priority.clone()
     loss = synth.kd_loss(batch, s_out, t_out)
     per = kl_by_hand(s_out, t_out, T=4.0)
-    assert loss.item() == pytest.approx((weights * per).mean().item(), rel=1e-6)
+    # float32 sums in another order: 2e-6 apart on some CPUs, so the tolerance is a few float32 roundings
+    assert loss.item() == pytest.approx((weights * per).mean().item(), rel=1e-5)
     assert torch.equal(synth.pool.priority, priorities) and synth.steps_done == 0    # kd_loss is pure
     synth.after_step(batch, s_out.detach(), t_out.detach())                         # a step that was taken
     assert synth.steps_done == 1
