@@ -89,7 +89,7 @@ BUDGETS_FM = {
                                            "(docs/side_by_side.md)"),
     "dafl": dict(FM_SHARED, why="the shared budget: 120 generator steps (the published 5 KD steps each). Near chance "
                                 "on both sides (seeds 0 and 1, docs/side_by_side.md); our 40-epoch preset (gray "
-                                "synthesis, T 20) leaves chance after about 8 epochs; not yet run side by side"),
+                                "synthesis, T 20) leaves chance after about 8 epochs, a budget not yet run side by side"),
     "zskt": dict(FM_SHARED, why="the shared budget: 120 generator steps (the published 5 KD steps each). Ours leaves "
                                 "chance on seed 0 only; the original's generator never trains (its adversarial term "
                                 "is zero), so it stays at chance (seeds 0 and 1, docs/side_by_side.md)"),

@@ -449,8 +449,8 @@ class DataFreeJob(TrainingJob):
         at = self.progress or Progress()
         self.progress, self.at = None, at
         epoch_start = self.clock.now() - at.seconds
-        group = self.run.optimizer.param_groups[0]
-        self.synthesizer.follow_student_lr(group["lr"] / group.get("initial_lr", group["lr"]))
+        group = self.run.optimizer.param_groups[0]     # its scheduler set initial_lr when the run was built
+        self.synthesizer.follow_student_lr(group["lr"] / group["initial_lr"])
         for guard in self.guards.values():
             guard.new_epoch()
         try:

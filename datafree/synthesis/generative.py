@@ -31,9 +31,9 @@ method_flag("act", 0.0, "weight of DAFL's activation term", group=TERMS)
 method_flag("balance", 0.0, "weight of the class-balance term", group=TERMS)
 LR_G_SCHEDULES = ("constant", "student")
 method_flag("lr_g_schedule", None, "generator learning rate over the run (dafl, zskt, dfq, dfad): constant, or student "
-                                   "(lr_g scaled with the student's schedule); default: the method's own, student for "
-                                   "dfad (DFAD's own release, run with --scheduler) and constant for dafl, zskt and dfq "
-                                   "(the Fast-Datafree release)", type=str, choices=LR_G_SCHEDULES)
+                                   "(lr_g scaled with the student's schedule); default: student for dfad (DFAD's own "
+                                   "release, run with --scheduler), constant for dafl, zskt and dfq (the Fast-Datafree "
+                                   "release)", type=str, choices=LR_G_SCHEDULES)
 
 
 class GenerativeSynthesizer(BaseSynthesizer):
@@ -53,7 +53,7 @@ class GenerativeSynthesizer(BaseSynthesizer):
         self.hooks = register_bn_hooks(teacher) if c.bn > 0 else []
 
     loss_terms = ("oh", "act", "balance", "bn", "adv")
-    lr_g_schedule = "constant"   # the method's own, where --lr_g_schedule is not given
+    lr_g_schedule = "constant"   # the method's default, where --lr_g_schedule is not given
     l1_divergence = False    # DFAD: the generator maximises the L1 distance of the logits, not KL
 
     def generator_loss(self, inputs):
