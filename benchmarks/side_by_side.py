@@ -672,7 +672,8 @@ def main(argv=None):
     folder = os.path.join(a.workdir, a.tag)
     os.makedirs(folder, exist_ok=True)
     seeds = ",".join(map(str, a.seeds))
-    with open(os.path.join(folder, f"results-{a.dataset}-seeds{seeds}.json"), "w") as f:
+    # Named by methods and seeds, so that runs of other methods into the same workdir keep theirs.
+    with open(os.path.join(folder, f"results-{a.dataset}-{','.join(methods)}-seeds{seeds}.json"), "w") as f:
         json.dump(rows, f, indent=1)
     where = os.path.dirname(os.path.abspath(a.out)) if a.out else folder
     stem = os.path.splitext(os.path.basename(a.out))[0] if a.out else f"side_by_side-{a.dataset}"

@@ -330,7 +330,7 @@ def test_seeds_variants_table_figures_and_summary(monkeypatch, tmp_path, capsys)
            "command: unrecognized arguments: --as_original nope" in table
     for method in ("zskt", "deepinv"):
         assert (out.parent / f"table-{method}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    saved = json.loads((tmp_path / "work" / "t" / "results-digits-seeds0,1,2.json").read_text())
+    saved = json.loads((tmp_path / "work" / "t" / "results-digits-zskt,deepinv-seeds0,1,2.json").read_text())
     assert [r["method"] for r in saved] == ["zskt", "deepinv"]
 
     # Everything finished is kept; --rerun variants runs the variant rows alone again.
@@ -383,3 +383,29 @@ def test_a_kept_run_warns_only_when_its_arguments_differ(tmp_path, capsys):
     assert capsys.readouterr().out == ""
     sbs.warn_if_other_command("fast_meta seed 0", "ours", str(tmp_path), cmd[:-1] + ["1"])
     assert "kept a finished run made with another command" in capsys.readouterr().out
+
+
+probe = load_script("benchmarks/generative_probe.py")
+
+
+@needs_harness
+@pytest.mark.parametrize("method", sbs.GENERATIVE)
+def test_generative_probe_gives_ours_the_budget_and_the_originals_zero_adversarial_term(method):
+    config, _ = sbs.harness_config(sbs.DEFAULT_HARNESS, method, dataset="fashion_mnist")
+    flags = probe.our_flags(method, config, SimpleNamespace(dataset="fashion_mnist", teacher="wrn16_2",
+                                                            student="wrn16_1"))
+    args = datafree_kd.parse_args(flags)
+    for flag in ("batch_size", "lr", "kd_steps", "ep_steps", "g_steps", "lr_g", "bn", "oh", "act", "balance"):
+        assert getattr(args, flag) == pytest.approx(config[flag]), flag
+    assert args.T == 1 and args.precision == "fp32"
+    # dafl's adversarial weight is zero in the original's script; zskt and dfq get the variant row's --adv 0.
+    assert args.adv == 0 and config["adv"] == (0.0 if method == "dafl" else 1.0)
+
+
+def test_generative_probe_refuses_other_methods_and_a_missing_checkout(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        probe.main(["--upstream", str(tmp_path), "--methods", "cmi"])
+    assert "compares dafl, zskt, dfq only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        probe.main(["--upstream", str(tmp_path), "--methods", "dafl"])
+    assert "is not a Fast-Datafree checkout" in capsys.readouterr().err

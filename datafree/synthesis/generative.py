@@ -13,7 +13,8 @@ the others, ``--lr_g_schedule`` to choose) on the generator, each on a fresh z, 
 - dfad: adversarial only with D = L1 between logits, also the KD loss (Fang et al., 2019).
 
 The original release passed the teacher as the student of these methods, which made the
-adversarial term identically zero; here it is computed with the real student.
+adversarial term zero (its gradient is rounding noise, which Adam still turns into steps); here it
+is computed with the real student.
 KD batches are drawn from the generator (no pool), so their sampling counts as synthesis time.
 """
 import torch

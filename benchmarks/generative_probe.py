@@ -1,0 +1,216 @@
+"""Ours against the original's GenerativeSynthesizer on the same inputs: DAFL, ZSKT, DFQ.
+
+Where a side-by-side pair differs (docs/side_by_side.md), this says whether the two implementations
+differ or only their random streams. Both sides start from the same generator weights, teacher
+file and student weights, and draw every z after the same ``torch.manual_seed``. Each call is one
+synthesis call (the budget's generator steps) followed by the budget's KD steps (SGD, momentum 0.9,
+weight decay 1e-4, KD at T 1 as in the original's loop), ours through ``datafree.engine.distill_steps``
+and the original through a copy of its KD loop. After every call it reports the largest
+difference of generator and student parameters, of the last KD batch, and the KD losses.
+
+The original is built by the harness (``../shared/upstream_bench/run_upstream.py``: its
+``build_synth``, with the side-by-side budget of ``benchmarks/side_by_side.py``). Ours takes the same
+flags, plus the variant row's flags where the side-by-side has one for the method (ZSKT and DFQ:
+``--adv 0``, since the original passes the teacher as the student of its generator). Both sides
+normalise with our registry's mean and std, so that their inputs are the same bits.
+
+    python benchmarks/generative_probe.py --upstream /path/to/Fast-Datafree --methods dafl,zskt,dfq --calls 10
+"""
+import argparse
+import contextlib
+import os
+import shlex
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from datafree import registry  # noqa: E402
+from datafree.checkpoint import load_checkpoint  # noqa: E402
+from datafree.commands import kd as datafree_kd  # noqa: E402
+from datafree.engine import distill_steps  # noqa: E402
+from datafree.precision import Precision  # noqa: E402
+from datafree.run import registered_data, synthesizer_config  # noqa: E402
+from datafree.synthesis import SYNTHESIZERS  # noqa: E402
+import side_by_side  # noqa: E402
+
+GENERATIVE = side_by_side.GENERATIVE
+# Both projects name their package `datafree` (and their model zoo `registry`): each side's modules are put in
+# sys.modules while that side runs, so that an import made inside a function finds its own project's.
+SHARED_NAMES = ("datafree", "registry")
+
+
+def own_modules():
+    return {name: module for name, module in sys.modules.items()
+            if name in SHARED_NAMES or name.startswith("datafree.")}
+
+
+class TwoProjects:
+    """Ours (imported at the top of this file) and the original, each importable while its side runs."""
+
+    def __init__(self, upstream, harness):
+        self.ours = own_modules()
+        for name in self.ours:
+            del sys.modules[name]
+        sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != ROOT]
+        if harness not in sys.path:
+            sys.path.insert(0, harness)
+        import run_upstream
+
+        self.harness = run_upstream
+        run_upstream.import_upstream(upstream)
+        self.original = own_modules()
+        self.datafree = self.original["datafree"]
+        self.registry = self.original["registry"]
+        self._use(self.ours)
+
+    def _use(self, modules):
+        for name in list(own_modules()):
+            del sys.modules[name]
+        sys.modules.update(modules)
+
+    @contextlib.contextmanager
+    def side(self, which):
+        self._use(self.original if which == "original" else self.ours)
+        try:
+            yield
+        finally:
+            self._use(self.ours)
+
+
+def max_difference(a, b):
+    return max((x.detach() - y.detach()).abs().max().item() for x, y in zip(a, b))
+
+
+def our_flags(method, config, opts):
+    flags = ["--method", method, "--dataset", opts.dataset, "--teacher", opts.teacher, "--student", opts.student,
+             "--precision", "fp32"]
+    for flag in side_by_side.SHARED_FLAGS + side_by_side.METHOD_FLAGS:
+        if flag in config and (flag in side_by_side.SHARED_FLAGS or flag in SYNTHESIZERS[method].flags):
+            flags += [f"--{flag}", str(config[flag])]
+    for _, extra in side_by_side.VARIANTS.get(method, []):
+        flags += shlex.split(extra)
+    return flags
+
+
+def probe(method, projects, opts, teacher_state):
+    config, _ = side_by_side.harness_config(opts.harness, method, dataset=opts.dataset)
+    flags = our_flags(method, config, opts)
+    args = datafree_kd.parse_args(flags)
+    device = torch.device("cpu")
+    num_classes = registry.DATASET_NUM_CLASSES[opts.dataset]
+    normalization = registry.NORMALIZE_DICT[opts.dataset]
+    nc = len(normalization["mean"])
+    teacher = registry.get_model(opts.teacher, num_classes).eval()
+    teacher.load_state_dict(teacher_state)
+    torch.manual_seed(0)
+    student = registry.get_model(opts.student, num_classes)
+    ours = SYNTHESIZERS[method](teacher, student, synthesizer_config(args, registered_data(args, (nc, 32, 32))), device)
+    optimizer = torch.optim.SGD(student.parameters(), config["lr"], momentum=0.9, weight_decay=1e-4)
+    precision = Precision(device, "fp32")
+
+    with projects.side("original"):
+        datafree = projects.datafree
+        their_teacher = projects.registry.get_model(opts.teacher, num_classes=num_classes).eval()
+        their_teacher.load_state_dict(teacher_state)
+        their_student = projects.registry.get_model(opts.student, num_classes=num_classes)
+        their_student.load_state_dict(student.state_dict())
+        normalizer = datafree.utils.Normalizer(normalization["mean"], normalization["std"])
+        theirs = projects.harness.build_synth(method, dict(config, synthesis_batch_size=config["batch_size"]),
+                                              datafree, their_teacher, their_student, normalizer, None, None)
+        theirs.generator.load_state_dict(ours.generator.state_dict())
+        their_optimizer = torch.optim.SGD(their_student.parameters(), config["lr"], momentum=0.9, weight_decay=1e-4)
+        criterion = datafree.criterions.KLDiv()
+
+    rows = []
+    for call in range(opts.calls):
+        torch.manual_seed(opts.seed + call)
+        ours.synthesize()
+        torch.manual_seed(opts.seed + call)
+        with projects.side("original"):
+            theirs.synthesize()
+        torch.manual_seed(opts.seed + 10_000 + call)
+        kd = distill_steps(ours, student, teacher, optimizer, precision, config["kd_steps"])
+        torch.manual_seed(opts.seed + 10_000 + call)
+        with projects.side("original"):
+            their_student.train()
+            their_loss = 0.0
+            for _ in range(config["kd_steps"]):
+                images, _ = theirs.sample()
+                with torch.no_grad():
+                    t_out, _ = their_teacher(images, return_features=True)
+                loss = criterion(their_student(images.detach()), t_out.detach())
+                their_optimizer.zero_grad()
+                loss.backward()
+                their_optimizer.step()
+                their_loss += loss.item()
+        torch.manual_seed(opts.seed + 20_000 + call)
+        with torch.no_grad():
+            our_next = ours.sample().images
+        torch.manual_seed(opts.seed + 20_000 + call)
+        with projects.side("original"):
+            their_next, _ = theirs.sample()
+        rows.append(dict(call=call + 1,
+                         generator=max_difference(ours.generator.parameters(), theirs.generator.parameters()),
+                         batch=(our_next - their_next).abs().max().item(),
+                         student=max_difference(student.parameters(), their_student.parameters()),
+                         ours_loss=kd.loss_sum / kd.taken, their_loss=their_loss / config["kd_steps"]))
+    return flags, config, rows
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--upstream", required=True, help="a checkout of zju-vipa/Fast-Datafree (only read)")
+    parser.add_argument("--harness", default=side_by_side.DEFAULT_HARNESS,
+                        help="folder of run_upstream.py (default: %(default)s)")
+    parser.add_argument("--methods", default=",".join(GENERATIVE), help="comma list from: " + ", ".join(GENERATIVE))
+    parser.add_argument("--dataset", default="fashion_mnist", choices=sorted(side_by_side.DATASET_BUDGETS))
+    parser.add_argument("--teacher", default="wrn16_2")
+    parser.add_argument("--student", default="wrn16_1")
+    parser.add_argument("--teacher_ckpt", default=None,
+                        help="teacher file (default: checkpoints/pretrained/<dataset>_<teacher>.pth); random "
+                             "weights are never used, so the generator gets the teacher's real gradients")
+    parser.add_argument("--calls", default=10, type=int, help="synthesis calls, each followed by its KD steps")
+    parser.add_argument("--seed", default=1000, type=int)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    methods = [m.strip() for m in opts.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in GENERATIVE]
+    if unknown:
+        parser.error(f"--methods {','.join(unknown)}: this probe compares {', '.join(GENERATIVE)} only")
+    if not os.path.isfile(os.path.join(opts.upstream, "registry.py")):
+        parser.error(f"--upstream {opts.upstream} is not a Fast-Datafree checkout; clone zju-vipa/Fast-Datafree")
+    if not os.path.isfile(os.path.join(opts.harness, "run_upstream.py")):
+        parser.error(f"--harness {opts.harness} has no run_upstream.py; give the folder of ../shared/upstream_bench")
+    opts.teacher_ckpt = opts.teacher_ckpt or os.path.join(ROOT, "checkpoints", "pretrained",
+                                                          f"{opts.dataset}_{opts.teacher}.pth")
+    teacher_state = load_checkpoint(opts.teacher_ckpt)["state_dict"]
+    torch.set_num_threads(1)
+    projects = TwoProjects(os.path.abspath(opts.upstream), os.path.abspath(opts.harness))
+    print("| method | ours' flags beyond the budget | call | generator max abs diff | next batch max abs diff "
+          "| student max abs diff | KD loss, ours | KD loss, original |")
+    print("|---|---|---|---|---|---|---|---|")
+    verdicts = []
+    for method in methods:
+        flags, config, rows = probe(method, projects, opts, teacher_state)
+        extra = " ".join(e for _, e in side_by_side.VARIANTS.get(method, [])) or "-"
+        for row in rows:
+            print(f"| {method} | {extra} | {row['call']} | {row['generator']:.2e} | {row['batch']:.2e} | "
+                  f"{row['student']:.2e} | {row['ours_loss']:.6f} | {row['their_loss']:.6f} |")
+        last = rows[-1]
+        same = last["generator"] == last["student"] == 0.0
+        verdicts.append(f"{method} {'bit-identical' if same else 'differs'} after {len(rows)} calls "
+                        f"(generator {last['generator']:.1e}, student {last['student']:.1e})")
+    print("generative_probe: " + "; ".join(verdicts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
