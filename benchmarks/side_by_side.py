@@ -84,17 +84,18 @@ BUDGETS_FM = {
                                           "docs/side_by_side.md)"),
     "deepinv": dict(FM_SHARED, g_steps=50,
                     why="our preset's 50 steps at lr_g 1.0 (fewer leave the images far from the teacher's BN "
-                        "statistics); it learns on both sides (seeds 0 and 1, docs/side_by_side.md)"),
+                        "statistics); it learns on both sides (seeds 0-2, docs/side_by_side.md)"),
     "cmi": dict(FM_SHARED, g_steps=20, why="our preset's 20 steps; it learns on both sides, 63-64% at 12 epochs "
                                            "(docs/side_by_side.md)"),
     "dafl": dict(FM_SHARED, why="the shared budget: 120 generator steps (the published 5 KD steps each). Near chance "
                                 "on both sides (seeds 0 and 1, docs/side_by_side.md); our 40-epoch preset (gray "
                                 "synthesis, T 20) leaves chance after about 8 epochs, a budget not yet run side by side"),
     "zskt": dict(FM_SHARED, why="the shared budget: 120 generator steps (the published 5 KD steps each). Ours leaves "
-                                "chance on seed 0 only; the original's generator never trains (its adversarial term "
-                                "is zero), so it stays at chance (seeds 0 and 1, docs/side_by_side.md)"),
+                                "chance on seeds 0 and 2; the original's generator gets no signal (its adversarial "
+                                "term is zero, its gradient rounding noise), so it stays near chance (seeds 0-2, "
+                                "docs/side_by_side.md)"),
     "dfq": dict(FM_SHARED, why="the shared budget: 60 generator steps (the published 10 KD steps each); it learns on "
-                               "both sides (seeds 0 and 1, docs/side_by_side.md)"),
+                               "both sides (seeds 0-2, docs/side_by_side.md)"),
 }
 DATASET_BUDGETS = {"digits": BUDGETS, "fashion_mnist": BUDGETS_FM}
 GENERATIVE = ("dafl", "zskt", "dfq")

@@ -63,6 +63,8 @@ COVERED_ELSEWHERE = {
     "benchmarks/init_pool_cost.py": "a benchmark of 224x224 DeepInversion steps (a GPU)",
     "benchmarks/side_by_side.py": "needs the original release checked out; tests/test_side_by_side.py runs it "
                                   "with stand-ins for both sides",
+    "benchmarks/generative_probe.py": "needs the original release checked out; tests/test_side_by_side.py checks its "
+                                      "flags and refusals, and runs it where FAST_DATAFREE_UPSTREAM names a checkout",
     "benchmarks/nayer_side_by_side.py": "needs NAYER's code checked out; tests/test_nayer_side_by_side.py runs it "
                                         "on a tiny budget",
 }

@@ -409,3 +409,16 @@ def test_generative_probe_refuses_other_methods_and_a_missing_checkout(tmp_path,
     with pytest.raises(SystemExit):
         probe.main(["--upstream", str(tmp_path), "--methods", "dafl"])
     assert "is not a Fast-Datafree checkout" in capsys.readouterr().err
+
+
+@needs_harness
+@pytest.mark.skipif(not os.path.isfile(os.path.join(os.environ.get("FAST_DATAFREE_UPSTREAM", "-"), "registry.py")),
+                    reason="FAST_DATAFREE_UPSTREAM does not name a checkout of zju-vipa/Fast-Datafree")
+def test_generative_probe_finds_dafl_bit_identical_to_the_original():
+    import subprocess
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "generative_probe.py"), "--upstream",
+                           os.environ["FAST_DATAFREE_UPSTREAM"], "--methods", "dafl", "--calls", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == ("generative_probe: dafl bit-identical after 2 calls "
+                                                    "(generator 0.0e+00, student 0.0e+00)")
