@@ -79,8 +79,8 @@ BUDGETS_FM = {
     "fast_meta": dict(FM_SHARED, fast_k=5, why="Fast-5 as our preset, on the shared budget; it learns on both sides "
                                                     "(seeds 0-2, docs/side_by_side.md)"),
     "fast_meta_reptile": dict(FM_SHARED, fast_k=5, why="as fast_meta, Reptile instead of MAML; it learns on both "
-                                                            "sides (seed 0, docs/side_by_side.md)"),
-    "fast": dict(FM_SHARED, fast_k=5, why="as fast_meta, no meta-learning; it learns on both sides (seed 0, "
+                                                            "sides (seeds 0-2, docs/side_by_side.md)"),
+    "fast": dict(FM_SHARED, fast_k=5, why="as fast_meta, no meta-learning; it learns on both sides (seeds 0-2, "
                                           "docs/side_by_side.md)"),
     "deepinv": dict(FM_SHARED, g_steps=50,
                     why="our preset's 50 steps at lr_g 1.0 (fewer leave the images far from the teacher's BN "
@@ -88,7 +88,7 @@ BUDGETS_FM = {
     "cmi": dict(FM_SHARED, g_steps=20, why="our preset's 20 steps; it learns on both sides, 63-64% at 12 epochs "
                                            "(docs/side_by_side.md)"),
     "dafl": dict(FM_SHARED, why="the shared budget: 120 generator steps (the published 5 KD steps each). Near chance "
-                                "on both sides (seeds 0 and 1, docs/side_by_side.md); our 40-epoch preset (gray "
+                                "on both sides (seeds 0-2, docs/side_by_side.md); our 40-epoch preset (gray "
                                 "synthesis, T 20) leaves chance after about 8 epochs, a budget not yet run side by side"),
     "zskt": dict(FM_SHARED, why="the shared budget: 120 generator steps (the published 5 KD steps each). Ours leaves "
                                 "chance on seeds 0 and 2; the original's generator gets no signal (its adversarial "
