@@ -5,7 +5,7 @@ differ or only their random streams. Both sides start from the same generator we
 file and student weights, and draw every z after the same ``torch.manual_seed``. Each call is one
 synthesis call (the budget's generator steps) followed by the budget's KD steps (SGD, momentum 0.9,
 weight decay 1e-4, KD at T 1 as in the original's loop), ours through ``datafree.engine.distill_steps``
-and the original through a copy of its KD loop. After every call it reports the largest
+with its run's optimiser (``datafree.run.student_training``), the original through a copy of its KD loop. After every call it reports the largest
 difference of generator and student parameters, of the last KD batch, and the KD losses.
 
 The original is built by the harness (``../shared/upstream_bench/run_upstream.py``: its
@@ -19,7 +19,6 @@ normalise with our registry's mean and std, so that their inputs are the same bi
 import argparse
 import contextlib
 import os
-import shlex
 import sys
 
 import torch
@@ -28,13 +27,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from datafree import registry  # noqa: E402
-from datafree.checkpoint import load_checkpoint  # noqa: E402
 from datafree.commands import kd as datafree_kd  # noqa: E402
 from datafree.engine import distill_steps  # noqa: E402
-from datafree.precision import Precision  # noqa: E402
-from datafree.run import registered_data, synthesizer_config  # noqa: E402
+from datafree.run import frozen_teacher, registered_data, student_training, synthesizer_config  # noqa: E402
 from datafree.synthesis import SYNTHESIZERS  # noqa: E402
+from datafree import registry  # noqa: E402
 import side_by_side  # noqa: E402
 
 GENERATIVE = side_by_side.GENERATIVE
@@ -85,44 +82,41 @@ def max_difference(a, b):
     return max((x.detach() - y.detach()).abs().max().item() for x, y in zip(a, b))
 
 
+def variant_flags(method):
+    """The flags of the method's side-by-side variant rows: the original's behaviour, where ours differs."""
+    return " ".join(extra for _, extra in side_by_side.VARIANTS.get(method, []))
+
+
 def our_flags(method, config, opts):
-    flags = ["--method", method, "--dataset", opts.dataset, "--teacher", opts.teacher, "--student", opts.student,
-             "--precision", "fp32"]
-    for flag in side_by_side.SHARED_FLAGS + side_by_side.METHOD_FLAGS:
-        if flag in config and (flag in side_by_side.SHARED_FLAGS or flag in SYNTHESIZERS[method].flags):
-            flags += [f"--{flag}", str(config[flag])]
-    for _, extra in side_by_side.VARIANTS.get(method, []):
-        flags += shlex.split(extra)
-    return flags
+    """datafree_kd.py's flags of the side-by-side budget with the variant rows' flags (no run folder)."""
+    cmd = side_by_side.our_command(method, config, opts, "unused", opts.seed, variant_flags(method))
+    output = cmd.index("--output")
+    return cmd[2:output] + cmd[output + 2:]       # without the interpreter, the script and --output
 
 
-def probe(method, projects, opts, teacher_state):
+def probe(method, projects, opts):
     config, _ = side_by_side.harness_config(opts.harness, method, dataset=opts.dataset)
-    flags = our_flags(method, config, opts)
-    args = datafree_kd.parse_args(flags)
+    args = datafree_kd.parse_args(our_flags(method, config, opts))
     device = torch.device("cpu")
-    num_classes = registry.DATASET_NUM_CLASSES[opts.dataset]
     normalization = registry.NORMALIZE_DICT[opts.dataset]
-    nc = len(normalization["mean"])
-    teacher = registry.get_model(opts.teacher, num_classes).eval()
-    teacher.load_state_dict(teacher_state)
+    data = registered_data(args, (len(normalization["mean"]), 32, 32))
+    teacher = frozen_teacher(args, data, device)
     torch.manual_seed(0)
-    student = registry.get_model(opts.student, num_classes)
-    ours = SYNTHESIZERS[method](teacher, student, synthesizer_config(args, registered_data(args, (nc, 32, 32))), device)
-    optimizer = torch.optim.SGD(student.parameters(), config["lr"], momentum=0.9, weight_decay=1e-4)
-    precision = Precision(device, "fp32")
+    student = registry.get_model(opts.student, data.num_classes)
+    ours = SYNTHESIZERS[method](teacher, student, synthesizer_config(args, data), device)
+    precision, optimizer, _ = student_training(args, student, device)
 
     with projects.side("original"):
         datafree = projects.datafree
-        their_teacher = projects.registry.get_model(opts.teacher, num_classes=num_classes).eval()
-        their_teacher.load_state_dict(teacher_state)
-        their_student = projects.registry.get_model(opts.student, num_classes=num_classes)
+        their_teacher = projects.registry.get_model(opts.teacher, num_classes=data.num_classes).eval()
+        their_teacher.load_state_dict(teacher.state_dict())
+        their_student = projects.registry.get_model(opts.student, num_classes=data.num_classes)
         their_student.load_state_dict(student.state_dict())
         normalizer = datafree.utils.Normalizer(normalization["mean"], normalization["std"])
         theirs = projects.harness.build_synth(method, dict(config, synthesis_batch_size=config["batch_size"]),
                                               datafree, their_teacher, their_student, normalizer, None, None)
         theirs.generator.load_state_dict(ours.generator.state_dict())
-        their_optimizer = torch.optim.SGD(their_student.parameters(), config["lr"], momentum=0.9, weight_decay=1e-4)
+        their_optimizer = torch.optim.SGD(their_student.parameters(), config["lr"], momentum=0.9, weight_decay=1e-4)  # the harness's
         criterion = datafree.criterions.KLDiv()
 
     rows = []
@@ -158,7 +152,7 @@ def probe(method, projects, opts, teacher_state):
                          batch=(our_next - their_next).abs().max().item(),
                          student=max_difference(student.parameters(), their_student.parameters()),
                          ours_loss=kd.loss_sum / kd.taken, their_loss=their_loss / config["kd_steps"]))
-    return flags, config, rows
+    return rows
 
 
 def build_parser():
@@ -171,8 +165,9 @@ def build_parser():
     parser.add_argument("--teacher", default="wrn16_2")
     parser.add_argument("--student", default="wrn16_1")
     parser.add_argument("--teacher_ckpt", default=None,
-                        help="teacher file (default: checkpoints/pretrained/<dataset>_<teacher>.pth); random "
-                             "weights are never used, so the generator gets the teacher's real gradients")
+                        help="teacher file (default: the side-by-side's, checkpoints/pretrained/<dataset>_wrn16_2.pth);"
+                             " random weights are never used, so the generator gets the teacher's real gradients")
+    parser.add_argument("--data_root", default=None, help="only passed on to our parser; no data is read")
     parser.add_argument("--calls", default=10, type=int, help="synthesis calls, each followed by its KD steps")
     parser.add_argument("--seed", default=1000, type=int)
     return parser
@@ -189,9 +184,8 @@ def main(argv=None):
         parser.error(f"--upstream {opts.upstream} is not a Fast-Datafree checkout; clone zju-vipa/Fast-Datafree")
     if not os.path.isfile(os.path.join(opts.harness, "run_upstream.py")):
         parser.error(f"--harness {opts.harness} has no run_upstream.py; give the folder of ../shared/upstream_bench")
-    opts.teacher_ckpt = opts.teacher_ckpt or os.path.join(ROOT, "checkpoints", "pretrained",
-                                                          f"{opts.dataset}_{opts.teacher}.pth")
-    teacher_state = load_checkpoint(opts.teacher_ckpt)["state_dict"]
+    opts.teacher_ckpt = os.path.abspath(opts.teacher_ckpt or side_by_side.DEFAULT_TEACHERS[opts.dataset])
+    opts.ours_root, opts.ours_args = ROOT, ""
     torch.set_num_threads(1)
     projects = TwoProjects(os.path.abspath(opts.upstream), os.path.abspath(opts.harness))
     print("| method | ours' flags beyond the budget | call | generator max abs diff | next batch max abs diff "
@@ -199,8 +193,8 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|")
     verdicts = []
     for method in methods:
-        flags, config, rows = probe(method, projects, opts, teacher_state)
-        extra = " ".join(e for _, e in side_by_side.VARIANTS.get(method, [])) or "-"
+        rows = probe(method, projects, opts)
+        extra = variant_flags(method) or "-"
         for row in rows:
             print(f"| {method} | {extra} | {row['call']} | {row['generator']:.2e} | {row['batch']:.2e} | "
                   f"{row['student']:.2e} | {row['ours_loss']:.6f} | {row['their_loss']:.6f} |")

@@ -3,6 +3,7 @@ and variants apart and shares the original's runs, and the table's statistics ar
 import json
 import os
 import shlex
+import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -392,8 +393,7 @@ probe = load_script("benchmarks/generative_probe.py")
 @pytest.mark.parametrize("method", sbs.GENERATIVE)
 def test_generative_probe_gives_ours_the_budget_and_the_originals_zero_adversarial_term(method):
     config, _ = sbs.harness_config(sbs.DEFAULT_HARNESS, method, dataset="fashion_mnist")
-    flags = probe.our_flags(method, config, SimpleNamespace(dataset="fashion_mnist", teacher="wrn16_2",
-                                                            student="wrn16_1"))
+    flags = probe.our_flags(method, config, options(dataset="fashion_mnist", seed=1000))
     args = datafree_kd.parse_args(flags)
     for flag in ("batch_size", "lr", "kd_steps", "ep_steps", "g_steps", "lr_g", "bn", "oh", "act", "balance"):
         assert getattr(args, flag) == pytest.approx(config[flag]), flag
@@ -415,7 +415,6 @@ def test_generative_probe_refuses_other_methods_and_a_missing_checkout(tmp_path,
 @pytest.mark.skipif(not os.path.isfile(os.path.join(os.environ.get("FAST_DATAFREE_UPSTREAM", "-"), "registry.py")),
                     reason="FAST_DATAFREE_UPSTREAM does not name a checkout of zju-vipa/Fast-Datafree")
 def test_generative_probe_finds_dafl_bit_identical_to_the_original():
-    import subprocess
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "generative_probe.py"), "--upstream",
                            os.environ["FAST_DATAFREE_UPSTREAM"], "--methods", "dafl", "--calls", "2"],
                           capture_output=True, text=True, timeout=600)
