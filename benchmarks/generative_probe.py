@@ -8,6 +8,12 @@ weight decay 1e-4, KD at T 1 as in the original's loop), ours through ``datafree
 with its run's optimiser (``datafree.run.student_training``), the original through a copy of its KD loop. After every call it reports the largest
 difference of generator and student parameters, of the last KD batch, and the KD losses.
 
+With ``--epochs E`` it runs the whole budget instead: E epochs of ``ep_steps // kd_steps`` calls, each
+epoch ending as a run's does, with both students evaluated on the test split (each side with its own
+loader and evaluation: ours ``datafree.engine.evaluate`` on the registered dataset, the original the
+harness's) and both cosine schedules stepped. It then prints one row per epoch with both accuracies:
+where they stay equal, the two runs differ only in their random streams (initial weights and draws).
+
 The original is built by the harness (``../shared/upstream_bench/run_upstream.py``: its
 ``build_synth``, with the side-by-side budget of ``benchmarks/side_by_side.py``). Ours takes the same
 flags, plus the variant row's flags where the side-by-side has one for the method (ZSKT and DFQ:
@@ -15,6 +21,7 @@ flags, plus the variant row's flags where the side-by-side has one for the metho
 normalise with our registry's mean and std, so that their inputs are the same bits.
 
     python benchmarks/generative_probe.py --upstream /path/to/Fast-Datafree --methods dafl,zskt,dfq --calls 10
+    python benchmarks/generative_probe.py --upstream /path/to/Fast-Datafree --methods dafl --epochs 12
 """
 import argparse
 import contextlib
@@ -28,8 +35,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from datafree.commands import kd as datafree_kd  # noqa: E402
-from datafree.engine import distill_steps  # noqa: E402
-from datafree.run import frozen_teacher, registered_data, student_training, synthesizer_config  # noqa: E402
+from datafree.engine import distill_steps, evaluate  # noqa: E402
+from datafree.run import dataset_data, frozen_teacher, registered_data, student_training, synthesizer_config  # noqa: E402
 from datafree.synthesis import SYNTHESIZERS  # noqa: E402
 from datafree import registry  # noqa: E402
 import side_by_side  # noqa: E402
@@ -94,17 +101,29 @@ def our_flags(method, config, opts):
     return cmd[2:output] + cmd[output + 2:]       # without the interpreter, the script and --output
 
 
+def original_eval_loader(projects, opts):
+    """The harness's test loader of --dataset (its own split, normalisation and batch size)."""
+    harness = projects.harness
+    harness.DATA = harness.DATASETS[opts.dataset]
+    split = (harness.DATA.load_split(root=opts.data_root) if opts.dataset == "fashion_mnist"
+             else harness.DATA.load_split(seed=0))
+    return harness.make_eval_loader(split, 256)
+
+
 def probe(method, projects, opts):
+    """Rows of the differences after each call (``--calls``), or after each epoch with both accuracies
+    (``--epochs``)."""
     config, _ = side_by_side.harness_config(opts.harness, method, dataset=opts.dataset)
     args = datafree_kd.parse_args(our_flags(method, config, opts))
     device = torch.device("cpu")
     normalization = registry.NORMALIZE_DICT[opts.dataset]
-    data = registered_data(args, (len(normalization["mean"]), 32, 32))
+    image_shape = (len(normalization["mean"]), 32, 32)
+    data = dataset_data(args, device) if opts.epochs else registered_data(args, image_shape)
     teacher = frozen_teacher(args, data, device)
     torch.manual_seed(0)
     student = registry.get_model(opts.student, data.num_classes)
     ours = SYNTHESIZERS[method](teacher, student, synthesizer_config(args, data), device)
-    precision, optimizer, _ = student_training(args, student, device)
+    precision, optimizer, scheduler = student_training(args, student, device)
 
     with projects.side("original"):
         datafree = projects.datafree
@@ -116,11 +135,17 @@ def probe(method, projects, opts):
         theirs = projects.harness.build_synth(method, dict(config, synthesis_batch_size=config["batch_size"]),
                                               datafree, their_teacher, their_student, normalizer, None, None)
         theirs.generator.load_state_dict(ours.generator.state_dict())
-        their_optimizer = torch.optim.SGD(their_student.parameters(), config["lr"], momentum=0.9, weight_decay=1e-4)  # the harness's
+        # the harness's optimiser and schedule
+        their_optimizer = torch.optim.SGD(their_student.parameters(), config["lr"], momentum=0.9, weight_decay=1e-4)
+        their_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(their_optimizer, config["cosine_T_max"],
+                                                                     eta_min=2e-4)
         criterion = datafree.criterions.KLDiv()
+        their_loader = original_eval_loader(projects, opts) if opts.epochs else None
 
+    calls_per_epoch = config["ep_steps"] // config["kd_steps"]
+    calls = opts.epochs * calls_per_epoch if opts.epochs else opts.calls
     rows = []
-    for call in range(opts.calls):
+    for call in range(calls):
         torch.manual_seed(opts.seed + call)
         ours.synthesize()
         torch.manual_seed(opts.seed + call)
@@ -147,11 +172,23 @@ def probe(method, projects, opts):
         torch.manual_seed(opts.seed + 20_000 + call)
         with projects.side("original"):
             their_next, _ = theirs.sample()
-        rows.append(dict(call=call + 1,
-                         generator=max_difference(ours.generator.parameters(), theirs.generator.parameters()),
-                         batch=(our_next - their_next).abs().max().item(),
-                         student=max_difference(student.parameters(), their_student.parameters()),
-                         ours_loss=kd.loss_sum / kd.taken, their_loss=their_loss / config["kd_steps"]))
+        row = dict(call=call + 1,
+                   generator=max_difference(ours.generator.parameters(), theirs.generator.parameters()),
+                   batch=(our_next - their_next).abs().max().item(),
+                   student=max_difference(student.parameters(), their_student.parameters()),
+                   ours_loss=kd.loss_sum / kd.taken, their_loss=their_loss / config["kd_steps"])
+        if opts.epochs and (call + 1) % calls_per_epoch == 0:
+            row.update(epoch=(call + 1) // calls_per_epoch, lr=optimizer.param_groups[0]["lr"],
+                       their_lr=their_optimizer.param_groups[0]["lr"],
+                       ours_acc=evaluate(student, data.val_loader, device)["acc1"])
+            student.train()
+            with projects.side("original"):
+                row["their_acc"] = projects.harness.evaluate(datafree, their_student, their_loader)[0]
+                their_student.train()
+            scheduler.step()      # warm-up is 0 for these methods: every epoch trains
+            their_scheduler.step()
+        if not opts.epochs or "epoch" in row:
+            rows.append(row)
     return rows
 
 
@@ -167,8 +204,12 @@ def build_parser():
     parser.add_argument("--teacher_ckpt", default=None,
                         help="teacher file (default: the side-by-side's, checkpoints/pretrained/<dataset>_wrn16_2.pth);"
                              " random weights are never used, so the generator gets the teacher's real gradients")
-    parser.add_argument("--data_root", default=None, help="only passed on to our parser; no data is read")
+    parser.add_argument("--data_root", default=None,
+                        help="the dataset's folder (default: where each side looks); read only with --epochs")
     parser.add_argument("--calls", default=10, type=int, help="synthesis calls, each followed by its KD steps")
+    parser.add_argument("--epochs", default=0, type=int,
+                        help="run this many epochs of the budget instead of --calls, evaluating both students after "
+                             "each and stepping both schedules")
     parser.add_argument("--seed", default=1000, type=int)
     return parser
 
@@ -188,20 +229,30 @@ def main(argv=None):
     opts.ours_root, opts.ours_args = ROOT, ""
     torch.set_num_threads(1)
     projects = TwoProjects(os.path.abspath(opts.upstream), os.path.abspath(opts.harness))
-    print("| method | ours' flags beyond the budget | call | generator max abs diff | next batch max abs diff "
-          "| student max abs diff | KD loss, ours | KD loss, original |")
-    print("|---|---|---|---|---|---|---|---|")
+    accuracy_columns = (" | student lr, ours | student lr, original | top-1 %, ours | top-1 %, original"
+                        if opts.epochs else "")
+    print(f"| method | ours' flags beyond the budget | {'epoch' if opts.epochs else 'call'} | generator max abs diff "
+          f"| next batch max abs diff | student max abs diff | KD loss, ours | KD loss, original{accuracy_columns} |")
+    print("|---" * (12 if opts.epochs else 8) + "|")
     verdicts = []
     for method in methods:
         rows = probe(method, projects, opts)
         extra = variant_flags(method) or "-"
         for row in rows:
-            print(f"| {method} | {extra} | {row['call']} | {row['generator']:.2e} | {row['batch']:.2e} | "
-                  f"{row['student']:.2e} | {row['ours_loss']:.6f} | {row['their_loss']:.6f} |")
+            accuracies = (f" | {row['lr']:.6f} | {row['their_lr']:.6f} | {row['ours_acc']:.2f} | {row['their_acc']:.2f}"
+                          if opts.epochs else "")
+            print(f"| {method} | {extra} | {row['epoch'] if opts.epochs else row['call']} | {row['generator']:.2e} | "
+                  f"{row['batch']:.2e} | {row['student']:.2e} | {row['ours_loss']:.6f} | {row['their_loss']:.6f}"
+                  f"{accuracies} |")
         last = rows[-1]
         same = last["generator"] == last["student"] == 0.0
-        verdicts.append(f"{method} {'bit-identical' if same else 'differs'} after {len(rows)} calls "
-                        f"(generator {last['generator']:.1e}, student {last['student']:.1e})")
+        verdict = (f"{method} {'bit-identical' if same else 'differs'} after {last['call']} calls "
+                   f"(generator {last['generator']:.1e}, student {last['student']:.1e}")
+        if opts.epochs:
+            best = (max(r["ours_acc"] for r in rows), max(r["their_acc"] for r in rows))
+            verdict += (f"; top-1 after {last['epoch']} epochs {last['ours_acc']:.2f} vs {last['their_acc']:.2f}, "
+                        f"best {best[0]:.2f} vs {best[1]:.2f}")
+        verdicts.append(verdict + ")")
     print("generative_probe: " + "; ".join(verdicts))
     return 0
 

@@ -411,13 +411,32 @@ def test_generative_probe_refuses_other_methods_and_a_missing_checkout(tmp_path,
     assert "is not a Fast-Datafree checkout" in capsys.readouterr().err
 
 
-@needs_harness
-@pytest.mark.skipif(not os.path.isfile(os.path.join(os.environ.get("FAST_DATAFREE_UPSTREAM", "-"), "registry.py")),
-                    reason="FAST_DATAFREE_UPSTREAM does not name a checkout of zju-vipa/Fast-Datafree")
-def test_generative_probe_finds_dafl_bit_identical_to_the_original():
+needs_upstream = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(os.environ.get("FAST_DATAFREE_UPSTREAM", "-"), "registry.py")),
+    reason="FAST_DATAFREE_UPSTREAM does not name a checkout of zju-vipa/Fast-Datafree")
+
+
+def run_probe(*flags):
+    """The probe's printed lines, run against $FAST_DATAFREE_UPSTREAM."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "generative_probe.py"), "--upstream",
-                           os.environ["FAST_DATAFREE_UPSTREAM"], "--methods", "dafl", "--calls", "2"],
-                          capture_output=True, text=True, timeout=600)
+                           os.environ["FAST_DATAFREE_UPSTREAM"], *flags], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == ("generative_probe: dafl bit-identical after 2 calls "
-                                                    "(generator 0.0e+00, student 0.0e+00)")
+    return proc.stdout.strip().splitlines()
+
+
+@needs_harness
+@needs_upstream
+def test_generative_probe_finds_dafl_bit_identical_to_the_original():
+    lines = run_probe("--methods", "dafl", "--calls", "2")
+    assert lines[-1] == "generative_probe: dafl bit-identical after 2 calls (generator 0.0e+00, student 0.0e+00)"
+
+
+@needs_harness
+@needs_upstream
+def test_generative_probe_evaluates_both_students_alike_after_an_epoch_of_dafl():
+    lines = run_probe("--methods", "dafl", "--epochs", "1")
+    row = lines[-2].strip("| ").split(" | ")
+    # epoch 1: bit-identical students, both schedules at the same lr, the same accuracy from each side's evaluation
+    assert row[2] == "1" and row[3] == row[5] == "0.00e+00"
+    assert row[8] == row[9] and row[10] == row[11]
+    assert "dafl bit-identical after 10 calls" in lines[-1]
