@@ -13,6 +13,9 @@ epoch ending as a run's does, with both students evaluated on the test split (ea
 loader and evaluation: ours ``datafree.engine.evaluate`` on the registered dataset, the original the
 harness's) and both cosine schedules stepped. It then prints one row per epoch with both accuracies:
 where they stay equal, the two runs differ only in their random streams (initial weights and draws).
+``--as_run SEED`` goes one step further: both sides are initialised in the harness's order after its
+``seed_all(SEED)`` and each keeps its own stream, never reseeded, so that the original's side replays the
+side-by-side run of that seed and ours is shown what it does with the same random numbers.
 
 The original is built by the harness (``../shared/upstream_bench/run_upstream.py``: its
 ``build_synth``, with the side-by-side budget of ``benchmarks/side_by_side.py``). Ours takes the same
@@ -21,10 +24,11 @@ flags, plus the variant row's flags where the side-by-side has one for the metho
 normalise with our registry's mean and std, so that their inputs are the same bits.
 
     python benchmarks/generative_probe.py --upstream /path/to/Fast-Datafree --methods dafl,zskt,dfq --calls 10
-    python benchmarks/generative_probe.py --upstream /path/to/Fast-Datafree --methods dafl --epochs 12
+    python benchmarks/generative_probe.py --upstream /path/to/Fast-Datafree --methods dafl --epochs 12 [--as_run 2]
 """
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 
@@ -101,13 +105,40 @@ def our_flags(method, config, opts):
     return cmd[2:output] + cmd[output + 2:]       # without the interpreter, the script and --output
 
 
-def original_eval_loader(projects, opts):
-    """The harness's test loader of --dataset (its own split, normalisation and batch size)."""
+class Streams:
+    """Where each side draws its random numbers. By default both sides are reseeded alike before each part of
+    a call (its synthesis, its KD steps), so a difference cannot carry over. With ``--as_run SEED`` each side
+    keeps one stream from the state that the harness's initialisation for SEED leaves, never reseeded, as the
+    harness's run draws: the original's side then replays that run of the side-by-side table."""
+
+    def __init__(self, opts):
+        self.carry = opts.as_run is not None
+        self.seed = None
+        start = torch.get_rng_state()
+        self.states = {"ours": start, "original": start.clone()}
+
+    def part(self, seed):
+        self.seed = seed
+
+    @contextlib.contextmanager
+    def side(self, which):
+        if self.carry:
+            torch.set_rng_state(self.states[which])
+        else:
+            torch.manual_seed(self.seed)
+        try:
+            yield
+        finally:
+            if self.carry:
+                self.states[which] = torch.get_rng_state()
+
+
+def original_split(projects, opts):
+    """The harness's split of --dataset (its arrays, and the mean and std it normalises with)."""
     harness = projects.harness
     harness.DATA = harness.DATASETS[opts.dataset]
-    split = (harness.DATA.load_split(root=opts.data_root) if opts.dataset == "fashion_mnist"
-             else harness.DATA.load_split(seed=0))
-    return harness.make_eval_loader(split, 256)
+    return (harness.DATA.load_split(root=opts.data_root) if opts.dataset == "fashion_mnist"
+            else harness.DATA.load_split(seed=0))
 
 
 def probe(method, projects, opts):
@@ -116,14 +147,26 @@ def probe(method, projects, opts):
     config, _ = side_by_side.harness_config(opts.harness, method, dataset=opts.dataset)
     args = datafree_kd.parse_args(our_flags(method, config, opts))
     device = torch.device("cpu")
-    normalization = registry.NORMALIZE_DICT[opts.dataset]
-    image_shape = (len(normalization["mean"]), 32, 32)
+    image_shape = (len(registry.NORMALIZE_DICT[opts.dataset]["mean"]), 32, 32)
     data = dataset_data(args, device) if opts.epochs else registered_data(args, image_shape)
-    teacher = frozen_teacher(args, data, device)
-    torch.manual_seed(0)
-    student = registry.get_model(opts.student, data.num_classes)
+    split = original_split(projects, opts) if opts.epochs or opts.as_run is not None else None
+    their_loader = projects.harness.make_eval_loader(split, 256) if opts.epochs else None
+    if opts.as_run is not None:
+        # the harness normalises with the mean and std it computes from the training split (the same to 1e-4);
+        # both sides synthesise with those, so that the original's side is the harness's run to the bit
+        data = dataclasses.replace(data, normalization={"mean": split["mean"], "std": split["std"]})
+    normalization = data.normalization
+    if opts.as_run is None:
+        teacher = frozen_teacher(args, data, device)
+        torch.manual_seed(0)
+        student = registry.get_model(opts.student, data.num_classes)
+    else:   # the harness's order: seed, student, teacher, generator
+        projects.harness.seed_all(opts.as_run)
+        student = registry.get_model(opts.student, data.num_classes)
+        teacher = frozen_teacher(args, data, device)
     ours = SYNTHESIZERS[method](teacher, student, synthesizer_config(args, data), device)
     precision, optimizer, scheduler = student_training(args, student, device)
+    streams = Streams(opts)
 
     with projects.side("original"):
         datafree = projects.datafree
@@ -140,21 +183,20 @@ def probe(method, projects, opts):
         their_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(their_optimizer, config["cosine_T_max"],
                                                                      eta_min=2e-4)
         criterion = datafree.criterions.KLDiv()
-        their_loader = original_eval_loader(projects, opts) if opts.epochs else None
 
     calls_per_epoch = config["ep_steps"] // config["kd_steps"]
     calls = opts.epochs * calls_per_epoch if opts.epochs else opts.calls
     rows = []
     for call in range(calls):
-        torch.manual_seed(opts.seed + call)
-        ours.synthesize()
-        torch.manual_seed(opts.seed + call)
-        with projects.side("original"):
+        streams.part(opts.seed + call)
+        with streams.side("ours"):
+            ours.synthesize()
+        with streams.side("original"), projects.side("original"):
             theirs.synthesize()
-        torch.manual_seed(opts.seed + 10_000 + call)
-        kd = distill_steps(ours, student, teacher, optimizer, precision, config["kd_steps"])
-        torch.manual_seed(opts.seed + 10_000 + call)
-        with projects.side("original"):
+        streams.part(opts.seed + 10_000 + call)
+        with streams.side("ours"):
+            kd = distill_steps(ours, student, teacher, optimizer, precision, config["kd_steps"])
+        with streams.side("original"), projects.side("original"):
             their_student.train()
             their_loss = 0.0
             for _ in range(config["kd_steps"]):
@@ -166,12 +208,13 @@ def probe(method, projects, opts):
                 loss.backward()
                 their_optimizer.step()
                 their_loss += loss.item()
-        torch.manual_seed(opts.seed + 20_000 + call)
-        with torch.no_grad():
-            our_next = ours.sample().images
-        torch.manual_seed(opts.seed + 20_000 + call)
-        with projects.side("original"):
-            their_next, _ = theirs.sample()
+        with torch.random.fork_rng(devices=[]):     # a look at the next batch, drawing from neither side's stream
+            torch.manual_seed(opts.seed + 20_000 + call)
+            with torch.no_grad():
+                our_next = ours.sample().images
+            torch.manual_seed(opts.seed + 20_000 + call)
+            with projects.side("original"):
+                their_next, _ = theirs.sample()
         row = dict(call=call + 1,
                    generator=max_difference(ours.generator.parameters(), theirs.generator.parameters()),
                    batch=(our_next - their_next).abs().max().item(),
@@ -179,10 +222,11 @@ def probe(method, projects, opts):
                    ours_loss=kd.loss_sum / kd.taken, their_loss=their_loss / config["kd_steps"])
         if opts.epochs and (call + 1) % calls_per_epoch == 0:
             row.update(epoch=(call + 1) // calls_per_epoch, lr=optimizer.param_groups[0]["lr"],
-                       their_lr=their_optimizer.param_groups[0]["lr"],
-                       ours_acc=evaluate(student, data.val_loader, device)["acc1"])
+                       their_lr=their_optimizer.param_groups[0]["lr"])
+            with streams.side("ours"):      # iterating a loader draws its base seed from the stream
+                row["ours_acc"] = evaluate(student, data.val_loader, device)["acc1"]
             student.train()
-            with projects.side("original"):
+            with streams.side("original"), projects.side("original"):
                 row["their_acc"] = projects.harness.evaluate(datafree, their_student, their_loader)[0]
                 their_student.train()
             scheduler.step()      # warm-up is 0 for these methods: every epoch trains
@@ -210,7 +254,10 @@ def build_parser():
     parser.add_argument("--epochs", default=0, type=int,
                         help="run this many epochs of the budget instead of --calls, evaluating both students after "
                              "each and stepping both schedules")
-    parser.add_argument("--seed", default=1000, type=int)
+    parser.add_argument("--seed", default=1000, type=int, help="base of the seeds both sides are reseeded with")
+    parser.add_argument("--as_run", default=None, type=int, metavar="SEED",
+                        help="initialise as the harness's run of SEED does (student, teacher, generator) and give each "
+                             "side one stream, never reseeded: the original's side replays that side-by-side run")
     return parser
 
 

@@ -8,6 +8,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import datafree_kd
 import registry
@@ -440,3 +441,21 @@ def test_generative_probe_evaluates_both_students_alike_after_an_epoch_of_dafl()
     assert row[2] == "1" and row[3] == row[5] == "0.00e+00"
     assert row[8] == row[9] and row[10] == row[11]
     assert "dafl bit-identical after 10 calls" in lines[-1]
+
+
+@pytest.mark.parametrize("as_run", [None, 2])
+def test_generative_probe_gives_both_sides_the_same_numbers(as_run):
+    torch.manual_seed(123)
+    streams = probe.Streams(SimpleNamespace(as_run=as_run))
+    draws = {}
+    for part in range(2):
+        streams.part(1000 + part)
+        for side in ("ours", "original"):
+            with streams.side(side):
+                draws.setdefault(side, []).append(torch.rand(3))
+    assert all(torch.equal(a, b) for a, b in zip(draws["ours"], draws["original"]))
+    # carried streams go on from where each side stopped; reseeded ones start again for each part
+    assert not torch.equal(draws["ours"][0], draws["ours"][1])
+    if as_run is None:
+        torch.manual_seed(1001)
+        assert torch.equal(draws["ours"][1], torch.rand(3))
