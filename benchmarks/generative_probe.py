@@ -5,8 +5,9 @@ differ or only their random streams. Both sides start from the same generator we
 file and student weights, and draw every z after the same ``torch.manual_seed``. Each call is one
 synthesis call (the budget's generator steps) followed by the budget's KD steps (SGD, momentum 0.9,
 weight decay 1e-4, KD at T 1 as in the original's loop), ours through ``datafree.engine.distill_steps``
-with its run's optimiser (``datafree.run.student_training``), the original through a copy of its KD loop. After every call it reports the largest
-difference of generator and student parameters, of the last KD batch, and the KD losses.
+with its run's optimiser (``datafree.run.student_training``), the original through a copy of its KD
+loop. After every call it reports the largest difference of generator and student parameters, of the
+last KD batch, and the KD losses.
 
 With ``--epochs E`` it runs the whole budget instead: E epochs of ``ep_steps // kd_steps`` calls, each
 epoch ending as a run's does, with both students evaluated on the test split (each side with its own
@@ -40,7 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from datafree.commands import kd as datafree_kd  # noqa: E402
 from datafree.engine import distill_steps, evaluate  # noqa: E402
-from datafree.run import dataset_data, frozen_teacher, registered_data, student_training, synthesizer_config  # noqa: E402
+from datafree.run import (dataset_data, frozen_teacher, registered_data, student_training,  # noqa: E402
+                          synthesizer_config)
 from datafree.synthesis import SYNTHESIZERS  # noqa: E402
 from datafree import registry  # noqa: E402
 import side_by_side  # noqa: E402
@@ -113,19 +115,16 @@ class Streams:
 
     def __init__(self, opts):
         self.carry = opts.as_run is not None
-        self.seed = None
         start = torch.get_rng_state()
         self.states = {"ours": start, "original": start.clone()}
 
-    def part(self, seed):
-        self.seed = seed
-
     @contextlib.contextmanager
-    def side(self, which):
+    def side(self, which, seed):
+        """Draw from ``which`` side's stream: its own carried on, or one reseeded with ``seed``."""
         if self.carry:
             torch.set_rng_state(self.states[which])
         else:
-            torch.manual_seed(self.seed)
+            torch.manual_seed(seed)
         try:
             yield
         finally:
@@ -188,15 +187,13 @@ def probe(method, projects, opts):
     calls = opts.epochs * calls_per_epoch if opts.epochs else opts.calls
     rows = []
     for call in range(calls):
-        streams.part(opts.seed + call)
-        with streams.side("ours"):
+        with streams.side("ours", opts.seed + call):
             ours.synthesize()
-        with streams.side("original"), projects.side("original"):
+        with streams.side("original", opts.seed + call), projects.side("original"):
             theirs.synthesize()
-        streams.part(opts.seed + 10_000 + call)
-        with streams.side("ours"):
+        with streams.side("ours", opts.seed + 10_000 + call):
             kd = distill_steps(ours, student, teacher, optimizer, precision, config["kd_steps"])
-        with streams.side("original"), projects.side("original"):
+        with streams.side("original", opts.seed + 10_000 + call), projects.side("original"):
             their_student.train()
             their_loss = 0.0
             for _ in range(config["kd_steps"]):
@@ -208,6 +205,9 @@ def probe(method, projects, opts):
                 loss.backward()
                 their_optimizer.step()
                 their_loss += loss.item()
+        epoch_ends = opts.epochs and (call + 1) % calls_per_epoch == 0
+        if opts.epochs and not epoch_ends:
+            continue        # with --epochs, rows (and their look at the next batch) are made at the epochs' ends
         with torch.random.fork_rng(devices=[]):     # a look at the next batch, drawing from neither side's stream
             torch.manual_seed(opts.seed + 20_000 + call)
             with torch.no_grad():
@@ -220,19 +220,18 @@ def probe(method, projects, opts):
                    batch=(our_next - their_next).abs().max().item(),
                    student=max_difference(student.parameters(), their_student.parameters()),
                    ours_loss=kd.loss_sum / kd.taken, their_loss=their_loss / config["kd_steps"])
-        if opts.epochs and (call + 1) % calls_per_epoch == 0:
+        if epoch_ends:
             row.update(epoch=(call + 1) // calls_per_epoch, lr=optimizer.param_groups[0]["lr"],
                        their_lr=their_optimizer.param_groups[0]["lr"])
-            with streams.side("ours"):      # iterating a loader draws its base seed from the stream
+            with streams.side("ours", opts.seed + 30_000 + call):    # iterating a loader draws a seed from the stream
                 row["ours_acc"] = evaluate(student, data.val_loader, device)["acc1"]
             student.train()
-            with streams.side("original"), projects.side("original"):
+            with streams.side("original", opts.seed + 30_000 + call), projects.side("original"):
                 row["their_acc"] = projects.harness.evaluate(datafree, their_student, their_loader)[0]
                 their_student.train()
             scheduler.step()      # warm-up is 0 for these methods: every epoch trains
             their_scheduler.step()
-        if not opts.epochs or "epoch" in row:
-            rows.append(row)
+        rows.append(row)
     return rows
 
 
@@ -276,11 +275,12 @@ def main(argv=None):
     opts.ours_root, opts.ours_args = ROOT, ""
     torch.set_num_threads(1)
     projects = TwoProjects(os.path.abspath(opts.upstream), os.path.abspath(opts.harness))
-    accuracy_columns = (" | student lr, ours | student lr, original | top-1 %, ours | top-1 %, original"
-                        if opts.epochs else "")
-    print(f"| method | ours' flags beyond the budget | {'epoch' if opts.epochs else 'call'} | generator max abs diff "
-          f"| next batch max abs diff | student max abs diff | KD loss, ours | KD loss, original{accuracy_columns} |")
-    print("|---" * (12 if opts.epochs else 8) + "|")
+    columns = ["method", "ours' flags beyond the budget", "epoch" if opts.epochs else "call", "generator max abs diff",
+               "next batch max abs diff", "student max abs diff", "KD loss, ours", "KD loss, original"]
+    if opts.epochs:
+        columns += ["student lr, ours", "student lr, original", "top-1 %, ours", "top-1 %, original"]
+    print("| " + " | ".join(columns) + " |")
+    print("|---" * len(columns) + "|")
     verdicts = []
     for method in methods:
         rows = probe(method, projects, opts)

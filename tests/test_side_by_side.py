@@ -449,9 +449,8 @@ def test_generative_probe_gives_both_sides_the_same_numbers(as_run):
     streams = probe.Streams(SimpleNamespace(as_run=as_run))
     draws = {}
     for part in range(2):
-        streams.part(1000 + part)
         for side in ("ours", "original"):
-            with streams.side(side):
+            with streams.side(side, 1000 + part):
                 draws.setdefault(side, []).append(torch.rand(3))
     assert all(torch.equal(a, b) for a, b in zip(draws["ours"], draws["original"]))
     # carried streams go on from where each side stopped; reseeded ones start again for each part
