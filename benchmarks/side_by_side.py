@@ -88,8 +88,9 @@ BUDGETS_FM = {
     "cmi": dict(FM_SHARED, g_steps=20, why="our preset's 20 steps; it learns on both sides, 63-64% at 12 epochs "
                                            "(docs/side_by_side.md)"),
     "dafl": dict(FM_SHARED, why="the shared budget: 120 generator steps (the published 5 KD steps each). Near chance "
-                                "on both sides (seeds 0-2, docs/side_by_side.md); our 40-epoch preset (gray "
-                                "synthesis, T 20) leaves chance after about 8 epochs, a budget not yet run side by side"),
+                                "on both sides (seeds 0-2, docs/side_by_side.md); at 40 epochs both reach only 23-28% "
+                                "(seeds 0 and 1): DAFL's pace with 3 channels at T 1, where our preset (gray "
+                                "synthesis, T 20) leaves chance after about 8 epochs"),
     "zskt": dict(FM_SHARED, why="the shared budget: 120 generator steps (the published 5 KD steps each). Ours leaves "
                                 "chance on seeds 0 and 2; the original's generator gets no signal (its adversarial "
                                 "term is zero, its gradient rounding noise), so it stays near chance (seeds 0-2, "
