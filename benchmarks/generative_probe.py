@@ -22,7 +22,8 @@ The original is built by the harness (``../shared/upstream_bench/run_upstream.py
 ``build_synth``, with the side-by-side budget of ``benchmarks/side_by_side.py``). Ours takes the same
 flags, plus the variant row's flags where the side-by-side has one for the method (ZSKT and DFQ:
 ``--adv 0``, since the original passes the teacher as the student of its generator). Both sides
-normalise with our registry's mean and std, so that their inputs are the same bits.
+normalise with our registry's mean and std (with ``--as_run``: the harness's, which for Fashion-MNIST are
+the same numbers), so that their inputs are the same bits.
 
     python benchmarks/generative_probe.py --upstream /path/to/Fast-Datafree --methods dafl,zskt,dfq --calls 10
     python benchmarks/generative_probe.py --upstream /path/to/Fast-Datafree --methods dafl --epochs 12 [--as_run 2]
